@@ -1,0 +1,46 @@
+"""What the artifact backends (backend_onnx, backend_aoti, backend_trt) share: opening an export
+folder through its manifest and wrapping each artifact in the runtime's Engine interface."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from msf_export import manifest as mf
+from runtime.engines import Engine
+
+
+class ArtifactEngine(Engine):
+    """An Engine backed by one exported artifact; subclasses implement `_run` on checked feeds."""
+
+    def __init__(self, entry: dict, manifest: dict, device: torch.device, backend: str):
+        self.kind = entry["kind"]
+        self.backend = backend
+        self.name = entry["name"]
+        self.inputs, self.outputs = mf.entry_specs(entry)
+        self.device = device
+        self.precision = entry.get("precision", manifest["precision"])
+        self._entry, self._manifest = entry, manifest
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.name}: missing inputs {missing}; it takes {self.input_names}")
+        mf.check_batch(self._entry, self._manifest, int(feeds[self.input_names[0]].shape[0]))
+        return self._run({n: feeds[n] for n in self.input_names})
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} {self.backend} {self.precision} on {self.device}>"
+
+
+def load_artifacts(artifact_dir, engine: str, device: torch.device,
+                   make: Callable[[Path, dict, dict], Engine]):
+    """-> ([(ModelConfig, Engine)] in scale order, decoder Engine), after checking every file's sha256."""
+    artifact_dir = Path(artifact_dir)
+    m = mf.open_export(artifact_dir, engine)
+    stages = [(mf.stage_config(e), make(artifact_dir / e["artifact"], e, m)) for e in m["stages"]]
+    return stages, make(artifact_dir / m["decoder"]["artifact"], m["decoder"], m)
