@@ -59,7 +59,7 @@ def main(ctx, engine, model_dir, out, precision, min_batch, opt_batch, max_batch
 
     opts = resolve_options(engine, precision, (min_batch, opt_batch, max_batch), device, external_data,
                            str(timing_cache) if timing_cache else None)
-    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    command = ["msf-export", *sys.argv[1:]]  # as typed (also when run as python -m msf_export.cli)
     result = export_cascade(model_dir, out, opts, force=force, command=command, progress=not quiet)
     if result.status == "up-to-date":
         click.echo(f"{out} is up to date (same weights, options and tools; artifacts verified): nothing to do")

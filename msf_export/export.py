@@ -27,6 +27,18 @@ from msf_export import manifest as mf
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_BATCH = (1, 8, 64)
+# The VAE decoder is exported for at most this many latents per call and the runtime decodes larger
+# batches in chunks: diffusers' Upsample2D branches on `batch >= 64`, a guard torch.export cannot keep
+# dynamic (the export fails with "Constraints violated (batch)" for a range reaching 64). The decoder
+# sees the image batch, never CFG's doubled one, so chunking costs nothing in practice.
+DECODER_MAX_BATCH = 32
+
+
+def decoder_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The decoder's range: from 1 (the last chunk of a large batch can be any size) to <= DECODER_MAX_BATCH."""
+    _, opt, hi = batch
+    hi = max(min(hi, DECODER_MAX_BATCH), 2)
+    return 1, min(opt, hi), hi
 
 
 @dataclass(frozen=True)
@@ -165,9 +177,8 @@ def _install(staging: Path, out: Path, old: dict | None, manifest: dict) -> None
 
 # ---- one stage ---------------------------------------------------------------------------------
 def _export_one(opts: ExportOptions, name: str, module, reference, inputs, outputs, staging: Path,
-                num_classes: int | None) -> tuple[list[Path], dict, dict]:
-    """Export one module with the chosen engine -> (files, parity, extra manifest fields)."""
-    b = opts.batch
+                num_classes: int | None, b: tuple[int, int, int]) -> tuple[list[Path], dict, dict]:
+    """Export one module with the chosen engine for batch range ``b`` -> (files, parity, extra manifest fields)."""
     if opts.engine == "onnx":
         from msf_export.onnx import export_onnx, onnx_parity
 
@@ -240,6 +251,7 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
                 else:
                     module = model
                 extra = {"config": cfg.to_dict()}
+                batch = opts.batch
             else:
                 first = sources["stages"][0]["config"]
                 name, num_classes = "decoder", None
@@ -249,16 +261,17 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
                 model = module = LatentDecoder(vae).eval()
                 inputs, outputs = decoder_contract(first["in_channels"], first["scale_sizes"][-1])
                 extra = {"vae": {"class": src["class"], "config": dict(vae.config)}}
+                batch = decoder_batch(opts.batch)
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
-            files, check, more = _export_one(opts, name, module, model, inputs, outputs, staging, num_classes)
+            files, check, more = _export_one(opts, name, module, model, inputs, outputs, staging, num_classes, batch)
             main = files[0].name
             entries.append({
                 "name": name, "kind": kind, **extra, "precision": precision,
                 "source": {"path": src["folder"], "sha256": src["sha256"]},
                 "artifact": main, "files": {f.name: sha256_file(f) for f in files},
                 "inputs": [mf.spec_to_json(s) for s in inputs], "outputs": [mf.spec_to_json(s) for s in outputs],
-                "batch": dict(zip(("min", "opt", "max"), opts.batch)), "parity": check,
+                "batch": dict(zip(("min", "opt", "max"), batch)), "parity": check,
                 "export_seconds": round(time.perf_counter() - t0, 2), **more})
         manifest = {
             "format": mf.FORMAT, "kind": mf.KIND, "engine": opts.engine, "precision": opts.precision,

@@ -128,7 +128,9 @@ def verify_files(folder, manifest: dict) -> None:
 
 
 def check_batch(entry: dict, manifest: dict, batch: int) -> None:
-    lo, hi = manifest["batch"]["min"], manifest["batch"]["max"]
+    """The batch must lie in the entry's exported range (a decoder's range may be narrower: it chunks)."""
+    rng = entry.get("batch", manifest["batch"])
+    lo, hi = rng["min"], rng["max"]
     if not lo <= batch <= hi:
         raise MsfError(f"batch {batch} is outside the exported range {lo}..{hi} of {entry['name']} "
                        f"(classifier-free guidance doubles the batch): re-export with --max-batch {max(batch, hi)}")

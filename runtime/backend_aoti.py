@@ -20,6 +20,8 @@ class AotiEngine(ArtifactEngine):
             raise MsfError(f"{path} was compiled for {built_for}, not {device.type}: run it with --device {built_for} "
                            f"or re-export with msf-export --engine aoti --device {device.type}")
         self.runner = load_aoti(path, device)
+        # The compiled kernels launch on the current stream and allocate through torch's allocator.
+        self.capturable = device.type == "cuda"
 
     def _run(self, feeds):
         feeds = {k: v.to(self.device) for k, v in feeds.items()}

@@ -22,13 +22,20 @@ class ArtifactEngine(Engine):
         self.device = device
         self.precision = entry.get("precision", manifest["precision"])
         self._entry, self._manifest = entry, manifest
+        self.capturable = False  # may runtime.graphs capture it in a CUDA graph? (subclasses say)
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise ValueError(f"{self.name}: missing inputs {missing}; it takes {self.input_names}")
-        mf.check_batch(self._entry, self._manifest, int(feeds[self.input_names[0]].shape[0]))
-        return self._run({n: feeds[n] for n in self.input_names})
+        feeds = {n: feeds[n] for n in self.input_names}
+        batch = int(feeds[self.input_names[0]].shape[0])
+        hi = self._entry.get("batch", self._manifest["batch"])["max"]
+        if self.kind == "decoder" and batch > hi:  # decoding is per image: go in chunks (export.DECODER_MAX_BATCH)
+            parts = [self._run({n: t[i:i + hi] for n, t in feeds.items()}) for i in range(0, batch, hi)]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        mf.check_batch(self._entry, self._manifest, batch)
+        return self._run(feeds)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

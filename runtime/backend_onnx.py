@@ -44,6 +44,7 @@ class OnnxEngine(ArtifactEngine):
         super().__init__(entry, manifest, device, "onnx")
         self.session = ort_session(path, providers_for(device))
         self.providers = self.session.get_providers()
+        # Not capturable: onnxruntime launches on its own CUDA stream and synchronises on the host.
 
     def _run(self, feeds):
         if self.device.type == "cpu":

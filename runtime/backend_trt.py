@@ -20,6 +20,7 @@ class TrtEngine(ArtifactEngine):
     def __init__(self, path: Path, entry: dict, manifest: dict, device: torch.device):
         super().__init__(entry, manifest, device, "trt")
         self.plan = trt_export.TrtPlan(path, device)
+        self.capturable = True  # stream fork/join by events, torch-allocated buffers (see TrtPlan)
 
     def _run(self, feeds):
         return self.plan(feeds)
