@@ -59,3 +59,31 @@ def write_random_cascade(folder, presets: Sequence[str | ModelConfig], seed: int
         names.append(name)
     write_random_vae(folder / "vae", seed, **{"latent_channels": cfgs[0].in_channels, **(vae or {})})
     return write_cascade(folder, names, "vae")
+
+
+# The SD-VAE (sd-vae-ft-ema) layout, for decoders whose latency should match the real one.
+SD_VAE_CONFIG = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+
+
+def build_random_cascade(presets: Sequence[str | ModelConfig], device="cpu", dtype=None, seed: int = 0,
+                         vae: dict | None = None, compile: bool = False):
+    """Random-weight torch engines in memory (no folder): -> ([(cfg, TorchDenoiser)], TorchDecoder).
+
+    For latency at presets whose weights would take gigabytes on disk (``msf-xl``, ``dit-xl/2``);
+    ``vae=SD_VAE_CONFIG`` gives an SD-VAE-sized decoder, the default a tiny one.
+    """
+    from diffusers import AutoencoderKL
+
+    from msf_train.model import build_model
+    from msf_train.vae import LatentDecoder
+    from runtime.engines import TorchDecoder, TorchDenoiser
+
+    cfgs = [get_preset(p) if isinstance(p, str) else p for p in presets]
+    stages = []
+    for i, cfg in enumerate(cfgs):
+        model = build_model(cfg)
+        model.load_state_dict(random_model_state(cfg, seed + 10 * i))
+        stages.append((cfg, TorchDenoiser(model, device, dtype, compile)))
+    torch.manual_seed(seed)
+    ae = AutoencoderKL(**{**small_vae_config(cfgs[0].in_channels), **(vae or {})})
+    return stages, TorchDecoder(LatentDecoder(ae), cfgs[0].full_size, device, None, compile)
