@@ -47,14 +47,15 @@ def test_fp16_wrapper_keeps_norms_time_embedding_and_modulation_in_fp32():
     assert v16.dtype == torch.float32 and v16.shape == (2, *cfg.latent_shape)
 
 
-def test_fp16_onnx_parity_is_reported_and_bounded(tmp_path):
+def test_fp16_onnx_parity_is_reported_and_bounded(tmp_path_factory, tmp_path):
     """The FP16 graph (what TensorRT builds from) against FP32 PyTorch: error above FP32's, but bounded."""
-    cfg, m = _model("tiny/scale1")
+    from msf_train.checkpoint import load_stage
+
+    cfg, m = load_stage(tiny_cascade(tmp_path_factory) / "scale1")
     ins, outs = export_contract(cfg)
-    f32 = export_onnx(m, ins, outs, tmp_path / "f32.onnx", (1, 8, 16), num_classes=cfg.num_classes)
     f16 = export_onnx(Fp16Denoiser(m), ins, outs, tmp_path / "f16.onnx", (1, 8, 16), num_classes=cfg.num_classes)
-    e32 = onnx_parity(f32[0], m, ins, outs, (1, 8, 16), cfg.num_classes)
     e16 = onnx_parity(f16[0], m, ins, outs, (1, 8, 16), cfg.num_classes)
+    e32 = mf.read_manifest(exported(tmp_path_factory))["stages"][1]["parity"]  # same weights, FP32 export
     assert e16["ref_mean_abs"] > 0.05  # non-trivial outputs
     assert e16["max_abs"] > 10 * e32["max_abs"]  # it really computes in half precision
     assert e16["max_abs"] < 1e-2 and e16["mean_abs"] < 2e-3, e16
@@ -65,19 +66,23 @@ def test_fp16_onnx_parity_is_reported_and_bounded(tmp_path):
     half = [i for i in g.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert half, "no FP16 weights in the FP16 graph"
     assert {i.name: i.type.tensor_type.elem_type for i in g.graph.input}["x"] == onnx.TensorProto.FLOAT
+    assert "Cast" in {n.op_type for n in g.graph.node}  # the explicit casts around the FP32 islands
 
 
-def test_onnx_export_keeps_batch_dynamic_and_can_use_external_data(tmp_path):
-    cfg, m = _model("tiny/scale0")
-    ins, outs = export_contract(cfg)
-    files = export_onnx(m, ins, outs, tmp_path / "s.onnx", (1, 8, 16), num_classes=cfg.num_classes, external_data=True)
-    assert [f.name for f in files] == ["s.onnx", "s.onnx.data"]
-    assert files[1].stat().st_size > files[0].stat().st_size  # the weights live in the .data file
+def test_onnx_export_keeps_batch_dynamic_and_uses_external_data(tmp_path_factory):
+    """The session export runs with --external-data: weights in <name>.onnx.data, listed and hashed."""
     from msf_export.onnx import ort_session, run_ort
+    from msf_train.checkpoint import load_stage
+
+    out = exported(tmp_path_factory)
+    entry = mf.read_manifest(out)["stages"][0]
+    assert sorted(entry["files"]) == ["scale0.onnx", "scale0.onnx.data"]
+    assert (out / "scale0.onnx.data").stat().st_size > (out / "scale0.onnx").stat().st_size
+    cfg, m = load_stage(tiny_cascade(tmp_path_factory) / "scale0")
+    s = ort_session(out / "scale0.onnx")
+    assert s.get_inputs()[0].shape[0] == "batch"
     from msf_train.model import sample_inputs
 
-    s = ort_session(files[0])
-    assert s.get_inputs()[0].shape[0] == "batch"
     for b in (1, 5):
         x = sample_inputs(cfg, b, seed=b)
         assert torch.allclose(run_ort(s, x)["v"], m(**x), atol=1e-5)
@@ -107,7 +112,7 @@ def test_export_cli_writes_a_complete_manifest(tmp_path_factory):
     for s, preset in zip(m["stages"], ["tiny/scale0", "tiny/scale1"]):
         assert s["config"] == get_preset(preset).to_dict()
         assert s["source"]["sha256"] == sha256_file(model / s["name"] / "model.safetensors")
-        assert s["files"] == {s["artifact"]: sha256_file(out / s["artifact"])}
+        assert s["artifact"] in s["files"] and s["files"] == {n: sha256_file(out / n) for n in s["files"]}
         ins, outs = export_contract(get_preset(preset))
         assert s["inputs"] == [mf.spec_to_json(x) for x in ins] and s["outputs"] == [mf.spec_to_json(x) for x in outs]
         assert s["parity"]["max_abs"] < 1e-4 and s["parity"]["ref_mean_abs"] > 0.01
@@ -123,7 +128,8 @@ def test_export_cli_writes_a_complete_manifest(tmp_path_factory):
 def test_rerun_with_unchanged_inputs_is_a_noop(tmp_path_factory):
     out = exported(tmp_path_factory)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    r = msf_export("--engine", "onnx", "--model", tiny_cascade(tmp_path_factory), "--out", out, "--max-batch", 16)
+    r = msf_export("--engine", "onnx", "--model", tiny_cascade(tmp_path_factory), "--out", out, "--max-batch", 16,
+                   "--external-data")
     assert r.returncode == 0, r.stderr
     assert "up to date" in r.stdout and "nothing to do" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
@@ -139,15 +145,17 @@ def test_refuses_a_non_empty_folder_that_is_not_an_export(tmp_path_factory, tmp_
 
 
 def test_refuses_an_export_of_another_model(tmp_path_factory, tmp_path):
+    from msf_export.export import describe_sources
+
     out = tmp_path / "other"
     shutil.copytree(exported(tmp_path_factory), out)
     m = json.loads((out / "manifest.json").read_text())
     m["stages"][0]["source"]["sha256"] = "0" * 64  # as if exported from other weights
     (out / "manifest.json").write_text(json.dumps(m))
-    before = {p.name: sha256_file(p) for p in out.iterdir()}
-    r = msf_export("--engine", "onnx", "--model", tiny_cascade(tmp_path_factory), "--out", out)
-    assert_one_line_error(r, "different model", "--force")
-    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    src = describe_sources(tiny_cascade(tmp_path_factory))
+    with pytest.raises(MsfError, match="different model.*--force"):
+        check_out_dir(out, src, "fingerprint-of-this-model", False)
+    assert check_out_dir(out, src, "fingerprint-of-this-model", True)[1] is False  # --force: rebuild
 
 
 def test_out_dir_rules_in_process(tmp_path_factory, tmp_path):
@@ -208,8 +216,7 @@ def test_manifest_from_a_newer_format_is_one_line(tmp_path_factory, tmp_path):
     assert_one_line_error(r, "newer")
 
 
-def test_missing_options_and_trt_without_gpu_are_one_line(tmp_path_factory, tmp_path):
-    assert_one_line_error(msf_export("--engine", "onnx"), "--model", "--out")
+def test_trt_without_gpu_is_one_line(tmp_path_factory, tmp_path):
     from msf_export.tensorrt import unavailable_reason
 
     why = unavailable_reason()
