@@ -57,7 +57,7 @@ class CascadeGraph:
     """
 
     def __init__(self, stages: Sequence[Stage], decoder: Engine | None, batch: int, plan: Plan,
-                 save_scales: bool = False, warmup: int = 2):
+                 save_scales: bool = False, warmup: int = 1):
         self.stages, self.decoder, self.batch, self.plan = list(stages), decoder, batch, plan
         dev = self.stages[0][1].device
         self.device = dev
@@ -103,7 +103,7 @@ class CascadeRunner:
     """
 
     def __init__(self, stages: Sequence[Stage], decoder: Engine | None, batch: int, plan: Plan | None = None,
-                 save_scales: bool = False, use_graph: bool = True, warn: bool = True, warmup: int = 2):
+                 save_scales: bool = False, use_graph: bool = True, warn: bool = True, warmup: int = 1):
         self.stages, self.decoder, self.batch, self.save_scales = list(stages), decoder, batch, save_scales
         self.cfgs = [c for c, _ in self.stages]
         self.plan = plan or make_plan(self.cfgs)
