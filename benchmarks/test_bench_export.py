@@ -1,0 +1,115 @@
+"""Export time and sampling latency per backend at the demo presets, on this machine's CPU.
+
+    pytest benchmarks/test_bench_export.py --benchmark-only            # ~15-25 min on 2 cores
+    MSF_BENCH_DIR=/tmp/msf-bench pytest benchmarks/test_bench_export.py  # keep artifacts between runs
+
+Cascades (random weights; latency does not depend on what the weights learned, DESIGN.md section 6):
+`msf-demo` = demo/scale0 + demo/scale1, `dit-demo` = demo/dit, each with the same small random VAE
+(block_out_channels 32/64/128/128, 128 px images). Backends: torch eager, ONNX Runtime (CPU
+provider), AOTInductor (CPU package). Batch 1 and 8 images with the default CFG (1.4 at scale 0,
+none at scale 1; 1.5 for the DiT), so the first stage runs a doubled batch. Few steps (STEPS), so
+the whole file runs in minutes; the per-step cost is what differs between backends.
+
+The last test prints a table (and writes bench_export.json in the work folder) with the speed-up of
+each compiled backend over eager torch; the goal (issue 5) is >= 1.5x for the best one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+STEPS = {"msf-demo": [6, 3], "dit-demo": [6]}
+CASCADE_OF = {"msf-demo": "demo", "dit-demo": "demo-dit"}  # msf_export.gpu_selftest.CASCADES
+BACKENDS = ["torch", "onnx", "aoti"]
+BATCHES = [1, 8]
+RESULTS: dict = {"export_s": {}, "latency_s": {}}
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    d = os.environ.get("MSF_BENCH_DIR")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        return Path(d)
+    return tmp_path_factory.mktemp("bench-export")
+
+
+def model_dir(work: Path, cascade: str) -> Path:
+    from msf_export.gpu_selftest import make_cascade
+
+    return make_cascade(CASCADE_OF[cascade], work / "models" / cascade)
+
+
+def export(work: Path, cascade: str, engine: str):
+    """Export (or find the up-to-date export of) one cascade; -> (folder, status, seconds)."""
+    from msf_export.export import export_cascade, resolve_options
+
+    opts = resolve_options(engine, "fp32", (1, 8, 16), "cpu")
+    t0 = time.perf_counter()
+    r = export_cascade(model_dir(work, cascade), work / "artifacts" / f"{cascade}-{engine}", opts, progress=False)
+    return r.out, r.status, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("engine", ["onnx", "aoti"])
+@pytest.mark.parametrize("cascade", list(STEPS))
+def test_export_time(benchmark, work, cascade, engine):
+    """Wall time of `msf-export` for the whole cascade (denoisers + decoder, parity checks included)."""
+    out = {}
+
+    def run():
+        out["r"] = export(work, cascade, engine)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    folder, status, seconds = out["r"]
+    benchmark.extra_info.update(status=status, seconds=seconds)
+    if status == "exported":
+        RESULTS["export_s"][f"{cascade}/{engine}"] = round(seconds, 1)
+    assert (folder / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cascade", list(STEPS))
+def test_sampling_latency(benchmark, work, cascade, backend, batch):
+    """One msf-run call's work (Algorithm 3 over all stages + VAE decode) for `batch` images."""
+    from runtime.engines import load_cascade
+    from runtime.sampler import make_plan, sample
+
+    folder = model_dir(work, cascade) if backend == "torch" else export(work, cascade, backend)[0]
+    stages, dec = load_cascade(folder, backend, "cpu")
+    plan = make_plan([c for c, _ in stages], STEPS[cascade])
+    y = [k % 10 for k in range(batch)]
+    sample(stages, dec, y, 0, plan, timed=False)  # warm-up (first-call allocations, ORT arena)
+    result = benchmark.pedantic(lambda: sample(stages, dec, y, 0, plan, timed=False), rounds=3, iterations=1)
+    assert result.image.shape[0] == batch
+    med = benchmark.stats.stats.median
+    benchmark.extra_info.update(per_image_s=med / batch, threads=torch.get_num_threads())
+    RESULTS["latency_s"][f"{cascade}/{backend}/b{batch}"] = med
+
+
+def test_zz_summary(work):
+    """Speed-up of each compiled backend over eager torch (same cascade, batch, machine, run)."""
+    lat = RESULTS["latency_s"]
+    if not lat:
+        pytest.skip("no latency measured in this session")
+    rows, best = [], 0.0
+    for cascade in STEPS:
+        for batch in BATCHES:
+            base = lat.get(f"{cascade}/torch/b{batch}")
+            for backend in BACKENDS:
+                t = lat.get(f"{cascade}/{backend}/b{batch}")
+                if t is None or base is None:
+                    continue
+                speedup = base / t
+                if backend != "torch":
+                    best = max(best, speedup)
+                rows.append(f"{cascade:<9} b{batch:<2} {backend:<6} {t * 1000:9.1f} ms  {t / batch * 1000:8.1f} ms/img  x{speedup:.2f}")
+    report = {**RESULTS, "steps": STEPS, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "torch": torch.__version__, "best_compiled_speedup": best, "date": time.strftime("%Y-%m-%d")}
+    (work / "bench_export.json").write_text(json.dumps(report, indent=2))
+    print("\n" + "\n".join(rows) + f"\nexport seconds: {RESULTS['export_s']}\nbest compiled backend: x{best:.2f} eager")
