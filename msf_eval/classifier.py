@@ -1,0 +1,148 @@
+"""A small classifier of the procedural shapes dataset, used to score samples.
+
+It predicts the three attributes of a class separately (DESIGN.md section 4): shape = c % 10,
+palette = (c // 10) % 10, texture = c // 100, and composes the class from them, so it covers all
+1000 classes with three 10-way heads. Class accuracy of samples is "all three right"; attribute
+accuracies say which part of the image a generator gets wrong (palette and shape live in the low
+frequencies that scale 0 generates, texture in the residual of scale 1).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msf_train.checkpoint import atomic_save_safetensors, atomic_write_json, read_json
+from msf_train.errors import MsfError
+
+ATTRIBUTES = ("shape", "palette", "texture")
+WEIGHTS = "classifier.safetensors"
+META = "classifier.json"
+
+
+def attributes_of(y: torch.Tensor) -> torch.Tensor:
+    """Class ids (B,) -> (B, 3) attribute ids (shape, palette, texture)."""
+    return torch.stack([y % 10, (y // 10) % 10, y // 100], dim=1)
+
+
+def class_of(attrs: torch.Tensor) -> torch.Tensor:
+    """(B, 3) attribute ids -> class ids (B,)."""
+    return attrs[:, 0] + 10 * attrs[:, 1] + 100 * attrs[:, 2]
+
+
+class ShapesClassifier(nn.Module):
+    """uint8 or [-1, 1] images (B, 3, H, W) -> logits (B, 3, 10), one 10-way head per attribute."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+
+        # Full resolution first: textures have a period of a few pixels and must not be averaged away.
+        self.features = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 4 * w))
+        self.head = nn.Linear(2 * 4 * w, 3 * 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+        f = self.features(x)  # (B, 4w, H/16, W/16)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (B, 2 * 4w)
+        return self.head(pooled).view(-1, 3, 10)  # (B, 3, 10)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """-> (B, 3) predicted attribute ids."""
+        out = [self(images[i:i + batch].to(self.head.weight.device)).argmax(-1).cpu() for i in range(0, len(images), batch)]
+        return torch.cat(out)
+
+
+def accuracy(pred_attrs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Per-attribute and whole-class accuracy of predicted attributes against intended classes y."""
+    true = attributes_of(y)
+    hit = pred_attrs == true  # (B, 3)
+    acc = {name: hit[:, i].float().mean().item() for i, name in enumerate(ATTRIBUTES)}
+    acc["class"] = hit.all(dim=1).float().mean().item()
+    return acc
+
+
+def _render_batch(classes: torch.Tensor, indices: torch.Tensor, seed: int, size: int) -> torch.Tensor:
+    from msf_train.data import render  # shapes renderer (training-side data code)
+    import numpy as np
+
+    imgs = [render(int(c), int(i), seed, size) for c, i in zip(classes, indices)]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+
+
+class _RenderedBatches(torch.utils.data.IterableDataset):
+    """Endless batches of freshly rendered shapes (uniform classes); each worker draws its own."""
+
+    def __init__(self, batch: int, size: int, seed: int):
+        self.batch, self.size, self.seed = batch, size, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        g = torch.Generator().manual_seed(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            y = torch.randint(0, 1000, (self.batch,), generator=g)
+            idx = torch.randint(0, 1 << 30, (self.batch,), generator=g)
+            yield _render_batch(y, idx, self.seed, self.size), y
+
+
+def train_classifier(out_dir, *, size: int = 128, steps: int = 3000, batch: int = 128, lr: float = 2e-3,
+                     seed: int = 0, holdout: int = 2000, device: str = "cpu", workers: int = 0, log=print) -> dict:
+    """Train on freshly rendered shapes (render seed `seed`), measure held-out accuracy on images
+    from another render seed, and save weights + a JSON record of the accuracy."""
+    if steps < 1 or batch < 1:
+        raise MsfError("--steps and --batch must be >= 1")
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    model = ShapesClassifier().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    loader = torch.utils.data.DataLoader(_RenderedBatches(batch, size, seed), batch_size=None, num_workers=workers,
+                                         pin_memory=dev.type == "cuda")
+    t0 = time.time()
+    for step, (x, y) in enumerate(loader):
+        if step == steps:
+            break
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        logits = model(x)  # (B, 3, 10)
+        loss = F.cross_entropy(logits.reshape(-1, 10), attributes_of(y).reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"classifier step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    yh = torch.arange(holdout) % 1000
+    xh = _render_batch(yh, torch.arange(holdout), seed + 1, size)
+    acc = accuracy(model.predict(xh), yh)
+    save_classifier(out_dir, model, {"size": size, "steps": steps, "batch": batch, "seed": seed,
+                                     "holdout": holdout, "holdout_accuracy": acc,
+                                     "train_seconds": round(time.time() - t0, 1)})
+    return acc
+
+
+def save_classifier(out_dir, model: ShapesClassifier, meta: dict) -> None:
+    out = Path(out_dir)
+    atomic_save_safetensors(out / WEIGHTS, model.state_dict())
+    atomic_write_json(out / META, meta)
+
+
+def load_classifier(folder, device="cpu") -> tuple[ShapesClassifier, dict]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise MsfError(f"no shapes classifier in {folder}; train one with `msf-eval train-classifier --out {folder}`")
+    meta = read_json(folder / META, "classifier record")
+    model = ShapesClassifier()
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model.to(device).eval(), meta
