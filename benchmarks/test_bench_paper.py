@@ -59,6 +59,7 @@ def _onnx_session(cfg, model):
         # Export into a scratch folder and rename it whole: a killed run never leaves a half cache.
         scratch = folder.with_name(folder.name + ".partial")
         shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
         export_onnx(Call(model), inputs, outputs, scratch / "model.onnx", (1, 2, 8), external_data=True)
         shutil.rmtree(folder, ignore_errors=True)
         scratch.rename(folder)
