@@ -8,7 +8,8 @@ Cascades (random weights; latency does not depend on what the weights learned, D
 (block_out_channels 32/64/128/128, 128 px images). Backends: torch eager, ONNX Runtime (CPU
 provider), AOTInductor (CPU package). Batch 1 and 8 images with the default CFG (1.4 at scale 0,
 none at scale 1; 1.5 for the DiT), so the first stage runs a doubled batch. Few steps (STEPS), so
-the whole file runs in minutes; the per-step cost is what differs between backends.
+the whole file runs in minutes; the per-step cost is what differs between backends, which
+`test_forward_latency` measures alone (one forward of each denoiser, no CFG, no decode).
 
 The last test prints a table (and writes bench_export.json in the work folder) with the speed-up of
 each compiled backend over eager torch; the goal (issue 5) is >= 1.5x for the best one.
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-STEPS = {"msf-demo": [6, 3], "dit-demo": [6]}
+STEPS = {"msf-demo": [10, 5], "dit-demo": [10]}
 CASCADE_OF = {"msf-demo": "demo", "dit-demo": "demo-dit"}  # msf_export.gpu_selftest.CASCADES
 BACKENDS = ["torch", "onnx", "aoti"]
 BATCHES = [1, 8]
@@ -72,24 +73,58 @@ def test_export_time(benchmark, work, cascade, engine):
     assert (folder / "manifest.json").is_file()
 
 
+_ENGINES: dict = {}
+
+
+def engines(work: Path, cascade: str, backend: str):
+    """(stages, decoder) of one cascade and backend, loaded once per session."""
+    from runtime.engines import load_cascade
+
+    key = (cascade, backend)
+    if key not in _ENGINES:
+        folder = model_dir(work, cascade) if backend == "torch" else export(work, cascade, backend)[0]
+        _ENGINES[key] = load_cascade(folder, backend, "cpu")
+    return _ENGINES[key]
+
+
+def _record(benchmark, key: str, batch: int):
+    st = benchmark.stats.stats
+    benchmark.extra_info.update(per_image_s=st.median / batch, threads=torch.get_num_threads())
+    RESULTS["latency_s"][key] = {"median": st.median, "min": st.min}
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cascade", list(STEPS))
+def test_forward_latency(benchmark, work, cascade, backend, batch):
+    """One forward of every denoiser of the cascade at `batch` (what one sampling step costs, no CFG)."""
+    from msf_export.onnx import example_feeds
+
+    stages, _ = engines(work, cascade, backend)
+    feeds = [(e, example_feeds(e.inputs, batch, num_classes=c.num_classes)) for c, e in stages]
+
+    def step():
+        return [e.run(f) for e, f in feeds]
+
+    step()
+    benchmark.pedantic(step, rounds=10, warmup_rounds=2, iterations=1)
+    _record(benchmark, f"forward/{cascade}/{backend}/b{batch}", batch)
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cascade", list(STEPS))
 def test_sampling_latency(benchmark, work, cascade, backend, batch):
-    """One msf-run call's work (Algorithm 3 over all stages + VAE decode) for `batch` images."""
-    from runtime.engines import load_cascade
+    """One msf-run call's work (Algorithm 3 over all stages with CFG + VAE decode) for `batch` images."""
     from runtime.sampler import make_plan, sample
 
-    folder = model_dir(work, cascade) if backend == "torch" else export(work, cascade, backend)[0]
-    stages, dec = load_cascade(folder, backend, "cpu")
+    stages, dec = engines(work, cascade, backend)
     plan = make_plan([c for c, _ in stages], STEPS[cascade])
     y = [k % 10 for k in range(batch)]
     sample(stages, dec, y, 0, plan, timed=False)  # warm-up (first-call allocations, ORT arena)
-    result = benchmark.pedantic(lambda: sample(stages, dec, y, 0, plan, timed=False), rounds=3, iterations=1)
+    result = benchmark.pedantic(lambda: sample(stages, dec, y, 0, plan, timed=False), rounds=5, iterations=1)
     assert result.image.shape[0] == batch
-    med = benchmark.stats.stats.median
-    benchmark.extra_info.update(per_image_s=med / batch, threads=torch.get_num_threads())
-    RESULTS["latency_s"][f"{cascade}/{backend}/b{batch}"] = med
+    _record(benchmark, f"sample/{cascade}/{backend}/b{batch}", batch)
 
 
 def test_zz_summary(work):
@@ -97,19 +132,23 @@ def test_zz_summary(work):
     lat = RESULTS["latency_s"]
     if not lat:
         pytest.skip("no latency measured in this session")
-    rows, best = [], 0.0
-    for cascade in STEPS:
-        for batch in BATCHES:
-            base = lat.get(f"{cascade}/torch/b{batch}")
-            for backend in BACKENDS:
-                t = lat.get(f"{cascade}/{backend}/b{batch}")
-                if t is None or base is None:
-                    continue
-                speedup = base / t
-                if backend != "torch":
-                    best = max(best, speedup)
-                rows.append(f"{cascade:<9} b{batch:<2} {backend:<6} {t * 1000:9.1f} ms  {t / batch * 1000:8.1f} ms/img  x{speedup:.2f}")
+    rows, best = [], {}
+    for what in ("forward", "sample"):
+        for cascade in STEPS:
+            for batch in BATCHES:
+                base = lat.get(f"{what}/{cascade}/torch/b{batch}")
+                for backend in BACKENDS:
+                    t = lat.get(f"{what}/{cascade}/{backend}/b{batch}")
+                    if t is None or base is None:
+                        continue
+                    speedup = base["median"] / t["median"]
+                    if backend != "torch":
+                        best[what] = max(best.get(what, 0.0), speedup)
+                    rows.append(f"{what:<7} {cascade:<9} b{batch:<2} {backend:<6} median {t['median'] * 1000:8.1f} ms "
+                                f"(min {t['min'] * 1000:8.1f})  {t['median'] / batch * 1000:7.1f} ms/img  x{speedup:.2f}")
     report = {**RESULTS, "steps": STEPS, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "best_compiled_speedup": best, "date": time.strftime("%Y-%m-%d")}
+              "torch": torch.__version__, "best_compiled_speedup": best, "date": time.strftime("%Y-%m-%d"),
+              "load_avg": os.getloadavg()}
     (work / "bench_export.json").write_text(json.dumps(report, indent=2))
-    print("\n" + "\n".join(rows) + f"\nexport seconds: {RESULTS['export_s']}\nbest compiled backend: x{best:.2f} eager")
+    print("\n" + "\n".join(rows) + f"\nexport seconds: {RESULTS['export_s']}\nbest compiled backend vs eager: "
+          + ", ".join(f"{k} x{v:.2f}" for k, v in best.items()) + f"\nload average {os.getloadavg()}")
