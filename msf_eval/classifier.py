@@ -95,9 +95,11 @@ class _RenderedBatches(torch.utils.data.IterableDataset):
 
 
 def train_classifier(out_dir, *, size: int = 128, steps: int = 3000, batch: int = 128, lr: float = 2e-3,
-                     seed: int = 0, holdout: int = 2000, device: str = "cpu", workers: int = 0, log=print) -> dict:
+                     seed: int = 0, holdout: int = 2000, device: str = "cpu", workers: int = 0, max_minutes: float | None = None,
+                     log=print) -> dict:
     """Train on freshly rendered shapes (render seed `seed`), measure held-out accuracy on images
-    from another render seed, and save weights + a JSON record of the accuracy."""
+    from another render seed, and save weights + a JSON record of the accuracy. ``max_minutes`` ends
+    training early (the LR schedule is then cut short; the record says how many steps ran)."""
     if steps < 1 or batch < 1:
         raise MsfError("--steps and --batch must be >= 1")
     torch.manual_seed(seed)
@@ -108,9 +110,11 @@ def train_classifier(out_dir, *, size: int = 128, steps: int = 3000, batch: int 
     loader = torch.utils.data.DataLoader(_RenderedBatches(batch, size, seed), batch_size=None, num_workers=workers,
                                          pin_memory=dev.type == "cuda")
     t0 = time.time()
+    done = 0
     for step, (x, y) in enumerate(loader):
-        if step == steps:
+        if step == steps or (max_minutes is not None and time.time() - t0 > 60 * max_minutes):
             break
+        done = step + 1
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         logits = model(x)  # (B, 3, 10)
         loss = F.cross_entropy(logits.reshape(-1, 10), attributes_of(y).reshape(-1))
@@ -124,7 +128,7 @@ def train_classifier(out_dir, *, size: int = 128, steps: int = 3000, batch: int 
     yh = torch.arange(holdout) % 1000
     xh = _render_batch(yh, torch.arange(holdout), seed + 1, size)
     acc = accuracy(model.predict(xh), yh)
-    save_classifier(out_dir, model, {"size": size, "steps": steps, "batch": batch, "seed": seed,
+    save_classifier(out_dir, model, {"size": size, "steps": done, "planned_steps": steps, "batch": batch, "seed": seed,
                                      "holdout": holdout, "holdout_accuracy": acc,
                                      "train_seconds": round(time.time() - t0, 1)})
     return acc

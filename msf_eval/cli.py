@@ -86,11 +86,12 @@ def run(model_dir, classes, per_class, steps, cfg_scales, solver, seed, batch, b
 @click.option("--size", default=128, show_default=True, help="Image side in pixels (the demo's full scale).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers rendering shapes.")
-def classifier(out, steps, batch, size, device, workers):
+@click.option("--max-minutes", default=None, type=float, help="Stop training after this many minutes.")
+def classifier(out, steps, batch, size, device, workers, max_minutes):
     """Train the shapes attribute classifier and report its held-out accuracy."""
     from msf_eval.classifier import train_classifier
 
-    acc = train_classifier(out, size=size, steps=steps, batch=batch, device=device, workers=workers,
+    acc = train_classifier(out, size=size, steps=steps, batch=batch, device=device, workers=workers, max_minutes=max_minutes,
                            log=lambda s: click.echo(s, err=True))
     click.echo(json.dumps({"holdout_accuracy": acc}, indent=2))
 
