@@ -28,7 +28,7 @@ else
   VAE=(--steps ${VAE_STEPS:-6000} --batch 64 --max-minutes ${VAE_MIN:-1.2})
   LOG_EVERY=100; BATCH=${BATCH:-256}; MIN_A=${MIN_A:-1.4}; MIN_B=$(awk "BEGIN{print 2 * $MIN_A}"); MIN_C=${MIN_C:-2.0}
   CLF=(--steps 4000 --batch 256 --max-minutes $MIN_C); EVAL=(--classes 0-999:5 --per-class 10)
-  SWEEP_STEPS=(25,50 50,50 100,10 100,20); SWEEP_CFG=(1.0,1.0 1.2,1.0 1.6,1.0 2.0,1.0 1.4,1.4)
+  SWEEP_STEPS=(${SWEEP_STEPS:-25,50 100,10}); SWEEP_CFG=(${SWEEP_CFG:-1.0,1.0 2.0,1.0})
   DIT_STEPS=100; MSF_STEPS=100,50
 fi
 
