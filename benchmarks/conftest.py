@@ -17,7 +17,7 @@ def pytest_terminal_summary(terminalreporter):
     except ImportError:
         pass
     try:
-        from benchmarks.test_bench_demo import demo_ratios
+        from benchmarks.test_bench_export import demo_ratios
 
         lines += demo_ratios()
     except ImportError:
