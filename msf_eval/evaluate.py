@@ -51,11 +51,12 @@ def sample_images(model_dir, class_ids, per_class: int, *, steps=None, cfg=None,
     from tqdm import tqdm
 
     from runtime.engines import load_cascade
-    from runtime.sampler import make_plan, sample
+    from runtime.sampler import check_classes, make_plan, sample
 
     stages, decoder = load_cascade(model_dir, backend, device)
     cfgs = [c for c, _ in stages]
     plan = make_plan(cfgs, steps, cfg, solver, shift)
+    check_classes(cfgs, list(class_ids))  # before any sampling: a bad id fails in one line
     labels = torch.tensor([c for c in class_ids for _ in range(per_class)])
     out, seconds = [], 0.0
     for i in tqdm(range(0, len(labels), batch), desc="sampling", disable=not progress, unit="batch"):
