@@ -1,4 +1,14 @@
-"""`msf-train`: presets, and (in later issues) vae, cache, scale0, scale1, dit."""
+"""`msf-train`: presets, vae, cache, scale0, scale1, dit, assemble.
+
+The demo recipe end to end (scripts/train_demo.sh runs it):
+    msf-train vae --out runs/vae
+    msf-train cache --vae runs/vae --data shapes --out runs/cache
+    msf-train scale0 --cache runs/cache --out runs/scale0
+    msf-train scale1 --cache runs/cache --out runs/scale1
+    msf-train dit    --cache runs/cache --out runs/dit
+    msf-train assemble --out runs/msf --vae runs/vae runs/scale0 runs/scale1
+Multi-process: torchrun --nproc_per_node N -m msf_train.cli scale0 ... (gloo on CPU, NCCL on GPU).
+"""
 from __future__ import annotations
 
 import click
@@ -11,7 +21,8 @@ from msf_train.config import PRESETS, get_preset
 def main():
     """Train MSF models: one DiT per scale (Algorithm 1 targets, Algorithm 2 priors, Eq. 5 loss).
 
-    Start with `msf-train presets` to see the model sizes.
+    Start with `msf-train presets` to see the model sizes; `msf-train vae`, `msf-train cache`, then
+    `msf-train scale0`, `scale1` (and `dit` for the baseline), then `msf-train assemble`.
     """
 
 
@@ -40,6 +51,144 @@ def presets(names):
         p = f"{r['params'] / 1e6:.1f}M"
         m = f"{r['macs'] / 1e9:.2f}G"
         click.echo(f"{r['name']:<16} {p:>10} {m:>11} {r['tokens']:>7} {r['latent']:>9}  {'yes' if r['prior'] else 'no'}")
+
+
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA when available), cpu, cuda or cuda:N")(f)
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers") from None
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="VAE folder to write (save_pretrained layout)")
+@click.option("--steps", default=5000, show_default=True)
+@click.option("--batch", default=32, show_default=True)
+@click.option("--lr", default=4e-4, show_default=True)
+@click.option("--size", default=128, show_default=True, help="training image side in pixels")
+@click.option("--crop", default=None, type=int, help="train on random crops of this side (cheaper; default: whole images)")
+@click.option("--widths", default="32,64,64,64", show_default=True, help="channels of the 4 levels (f8)")
+@click.option("--mid-attention/--no-mid-attention", default=True, show_default=True,
+              help="self-attention in the encoder's and decoder's mid blocks")
+@click.option("--kl", "kl_weight", default=1e-6, show_default=True, help="KL weight (SD's per-image weighting)")
+@click.option("--classes", default=None, help="shapes classes: a count (20) or ids/ranges (0,5,10-19); default all 1000")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=None, type=int, help="DataLoader workers rendering images (default: cores - 1, <= 12)")
+@click.option("--scale-images", default=1024, show_default=True, help="images to measure the latent std on")
+@click.option("--max-minutes", default=None, type=float, help="stop training after this many minutes (then save)")
+@click.option("--log-every", default=50, show_default=True)
+@_device_option
+def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, classes, seed, workers, scale_images,
+        max_minutes, log_every, device):
+    """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
+
+    Saves it in the save_pretrained layout with scaling_factor = 1 / std of its latents on the data;
+    OUT/training.json records the measured std and the reconstruction PSNR.
+    """
+    from msf_train.data import parse_classes
+    from msf_train.vae import train_vae
+
+    s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
+                  mid_attention=mid_attention, kl_weight=kl_weight,
+                  classes=parse_classes(classes), seed=seed, device=device, workers=workers,
+                  scale_images=scale_images, log_every=log_every, max_minutes=max_minutes)
+    click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.4f}, "
+               f"PSNR {s['psnr_db']:.1f} dB, scaling_factor {s['scaling_factor']:.5g}, {s['train_wall_s']:.0f} s")
+
+
+@main.command()
+@click.option("--vae", "vae_dir", required=True, help="diffusers VAE folder (AutoencoderKL or AutoencoderTiny)")
+@click.option("--data", required=True, help="'shapes' or an ImageNet-style folder (one sub-folder per class)")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--scales", default="12,16", show_default=True,
+              help="base,full latent sides (12,16 = the demo's 96/128 px; the paper's is 24,32)")
+@click.option("--classes", default=None, help="shapes only: a count (20) or ids/ranges (0,5,10-19); default all 1000")
+@click.option("--per-class", default=100, show_default=True, help="shapes only: images per class")
+@click.option("--seed", default=0, show_default=True, help="shapes render seed and latent sampling seed")
+@click.option("--batch", default=64, show_default=True)
+@click.option("--workers", default=None, type=int, help="DataLoader workers (default: cores - 1, <= 12)")
+@click.option("--shard-size", default=8192, show_default=True, help="images per shard")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
+@_device_option
+def cache(vae_dir, data, out, scales, classes, per_class, seed, batch, workers, shard_size, dtype, device):
+    """Encode every image once at the full and the base resolution (the inputs of Algorithm 1)."""
+    from msf_train.cache import build_cache, parse_scales
+
+    idx = build_cache(vae_dir, data, out, scales=parse_scales(scales), classes=classes, per_class=per_class,
+                      seed=seed, batch=batch, device=device, workers=workers, shard_size=shard_size, dtype=dtype,
+                      log=click.echo)
+    click.echo(f"cache {out}: {idx['count']} images, latents {idx['base_size']}/{idx['full_size']}, "
+               f"{len(idx['shards'])} shard(s), {idx['skipped']} skipped")
+
+
+def _train_command(stage: str, summary: str):
+    @click.option("--preset", default=f"demo/{stage}", show_default=True)  # = train.DEFAULT_PRESETS
+    @click.option("--cache", "cache_dir", required=True, help="latent cache folder (msf-train cache)")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="stage folder to write")
+    @click.option("--steps", default=10000, show_default=True, help="total optimizer steps")
+    @click.option("--batch", default=64, show_default=True, help="global batch (split across processes)")
+    @click.option("--lr", default=1e-4, show_default=True, help="AdamW learning rate (the paper: 3e-4 at batch 2560)")
+    @click.option("--warmup", default=0, show_default=True, help="linear LR warm-up steps")
+    @click.option("--ema", default=0.9999, show_default=True, help="EMA decay (warmed up as (1+s)/(10+s))")
+    @click.option("--save-every", default=1000, show_default=True, help="checkpoint interval in steps")
+    @click.option("--log-every", default=50, show_default=True)
+    @click.option("--resume", is_flag=True, help="continue from OUT's last checkpoint (or start if it has none)")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--time-sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "logit_normal"]))
+    @click.option("--vae", "vae_dir", default=None, help="check that the cache was made with this VAE")
+    @click.option("--residual-scale", default=None,
+                  help="residual scales: 'auto' (1/std of the targets, measured on the cache) or a number; "
+                       "default the preset's")
+    @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
+    @click.option("--max-minutes", default=None, type=float,
+                  help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
+    @_device_option
+    def command(preset, cache_dir, out, steps, batch, lr, warmup, ema, save_every, log_every, resume, seed,
+                time_sampling, vae_dir, residual_scale, compile_, max_minutes, device):
+        get_preset(preset)  # a typo fails here, before torch loads
+        from msf_train.train import TrainOptions, train
+
+        if residual_scale not in (None, "auto"):
+            try:
+                float(residual_scale)
+            except ValueError:
+                raise click.BadParameter(f"{residual_scale!r}: use 'auto' or a number",
+                                         param_hint="--residual-scale") from None
+        s = train(TrainOptions(stage=stage, preset=preset, cache=cache_dir, out=out, steps=steps, batch=batch, lr=lr,
+                               warmup=warmup, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
+                               seed=seed, time_sampling=time_sampling, device=device, vae=vae_dir,
+                               residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes),
+                  log=click.echo)
+        if s.get("final_loss") is not None:
+            click.echo(f"saved {out} at step {s['steps']}: loss {s['final_loss']:.4f}, {s['steps_per_s']:.2f} steps/s")
+
+    command.__doc__ = summary
+    return main.command(name=stage)(command)
+
+
+_train_command("scale0", """Train scale 0 of an MSF cascade: the base latent (Algorithm 1's f_0), no prior.""")
+_train_command("scale1", """Train scale 1: the residual f_1, conditioned on the upsampled prior (Algorithm 2).""")
+_train_command("dit", """Train a one-scale DiT baseline on the full latent (no prior).""")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="cascade folder to write")
+@click.option("--vae", "vae_dir", required=True, help="the VAE the stages' latents came from")
+@click.argument("stages", nargs=-1, required=True)
+def assemble(out, vae_dir, stages):
+    """Make a cascade folder (msf-run --model OUT) from stage folders in scale order and a VAE.
+
+    Only weights and configs are copied; each stage must record this VAE as its latents' source.
+    """
+    from msf_train.train import assemble_cascade
+
+    assemble_cascade(out, list(stages), vae_dir)
+    click.echo(f"cascade {out}: {', '.join(stages)} + {vae_dir}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ with shift_factor = 0 where the VAE's config has none (SD-VAE).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -26,10 +27,13 @@ def vae_class_name(folder) -> str:
     if not cfg_path.is_file():
         raise MsfError(f"{folder} is not a diffusers VAE folder (no config.json); save one with save_pretrained()")
     try:
-        cls = json.loads(cfg_path.read_text()).get("_class_name")
-    except json.JSONDecodeError:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise MsfError(f"{cfg_path} is not valid JSON") from None
+    cls = cfg.get("_class_name") if isinstance(cfg, dict) else None
     if cls not in VAE_CLASSES:
+        if isinstance(cfg, dict) and "model" in cfg and "format" in cfg:
+            raise MsfError(f"{folder} is an msf stage folder (a denoiser), not a VAE; pass a diffusers VAE folder")
         raise MsfError(f"{folder} holds a {cls or 'unknown model'}, not a VAE; expected one of {', '.join(VAE_CLASSES)}")
     return cls
 
@@ -40,7 +44,7 @@ def load_vae(folder, device="cpu", dtype=torch.float32):
 
     cls = getattr(diffusers, vae_class_name(folder))
     try:
-        vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise MsfError(f"cannot load the VAE in {folder}: {str(e).splitlines()[0]}") from None
     return vae.to(device).eval()
@@ -53,12 +57,22 @@ def _factors(vae) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def encode(vae, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
-    """Images in [-1, 1], (B, 3, H, W) -> scaled latents (B, C, H/8, W/8)."""
+def encode(vae, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Images in [-1, 1], (B, 3, H, W) -> scaled latents (B, C, H/8, W/8).
+
+    `noise` (standard normal, the latent's shape) replaces the generator's draw: the sample is then
+    ``mean + std * noise``, which lets a caller fix each image's noise whatever the batching."""
     scale, shift = _factors(vae)
     out = vae.encode(images)
     if hasattr(out, "latent_dist"):
-        z = out.latent_dist.sample(generator) if sample else out.latent_dist.mode()
+        dist = out.latent_dist
+        if not sample:
+            z = dist.mode()
+        elif noise is not None:
+            z = dist.mean + dist.std * noise.to(dist.mean)
+        else:
+            z = dist.sample(generator)
     else:  # AutoencoderTiny returns latents directly
         z = out.latents
     return (z - shift) * scale
@@ -85,3 +99,214 @@ def decoder_contract(latent_channels: int, latent_size: int, factor: int = 8):
 
     return ([TensorSpec("latent", ("batch", latent_channels, latent_size, latent_size), "float32")],
             [TensorSpec("image", ("batch", 3, factor * latent_size, factor * latent_size), "float32")])
+
+
+# ---- identity: which VAE made a set of latents -------------------------------------------------
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def weights_file(folder) -> Path:
+    folder = Path(folder)
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise MsfError(f"{folder} has no VAE weights ({' or '.join(WEIGHT_FILES)})")
+
+
+def vae_identity(folder) -> dict:
+    """What a latent cache and a stage folder record about their VAE: the sha256 of its weights file,
+    its latent factors and class. Two VAEs with the same record encode identically."""
+    from msf_train.checkpoint import sha256_file
+
+    cls = vae_class_name(folder)
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return {"class": cls, "sha256": sha256_file(weights_file(folder)),
+            "scaling_factor": float(cfg.get("scaling_factor") or 1.0),
+            "shift_factor": float(cfg.get("shift_factor") or 0.0)}
+
+
+def same_vae(a: dict, b: dict) -> bool:
+    return a.get("sha256") == b.get("sha256") and a.get("scaling_factor") == b.get("scaling_factor") \
+        and a.get("shift_factor", 0.0) == b.get("shift_factor", 0.0)
+
+
+# ---- the demo VAE ------------------------------------------------------------------------------
+DEMO_WIDTHS = (32, 64, 64, 64)  # 1.25M parameters; four levels = three downsamples = f8
+
+
+def build_vae(widths=DEMO_WIDTHS, latent_channels: int = 4, sample_size: int = 128, scaling_factor: float = 1.0,
+              mid_attention: bool = True):
+    """A small diffusers AutoencoderKL: f8 (len(widths) == 4), one ResNet layer per block, and
+    self-attention in the mid blocks unless `mid_attention` is False."""
+    import diffusers
+
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 4:
+        raise MsfError(f"--widths needs 4 levels (three downsamples = f8), got {len(widths)}: {widths}")
+    if any(w < 8 or w % 8 for w in widths):
+        raise MsfError(f"--widths {widths}: use multiples of 8 (GroupNorm needs groups)")
+    groups = min(32, math.gcd(*widths))
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=widths, layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=groups, sample_size=sample_size,
+        scaling_factor=scaling_factor, mid_block_add_attention=mid_attention)
+
+
+@torch.no_grad()
+def measure_latent_stats(vae, batches, generator: torch.Generator | None = None) -> dict:
+    """Encode image batches (in [-1, 1]) with the raw VAE (no scaling) and return the latents' mean
+    and std over all elements, plus the reconstruction PSNR (dB, from the posterior mode)."""
+    n, s, s2, se = 0, 0.0, 0.0, 0.0
+    npix = 0
+    for x in batches:
+        dist = vae.encode(x).latent_dist
+        z = dist.sample(generator).double()
+        n += z.numel()
+        s += z.sum().item()
+        s2 += (z * z).sum().item()
+        rec = vae.decode(dist.mode()).sample.clamp(-1, 1)
+        se += ((rec.double() - x.double()) ** 2).sum().item()
+        npix += x.numel()
+    mean = s / n
+    std = math.sqrt(max(s2 / n - mean * mean, 1e-24))
+    mse = se / npix * 0.25  # images in [-1, 1]: a range of 2
+    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+
+
+def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
+              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, classes=None, seed: int = 0,
+              device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
+              show_progress: bool = True, max_minutes: float | None = None) -> dict:
+    """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
+    measured on the data: scaling_factor = 1 / std of the raw latents.
+
+    Loss: L1 reconstruction + kl_weight * KL, with the KL summed over latent elements and the L1 over
+    pixels, both per image (SD's VAE weighting, kl_weight 1e-6). AdamW, gradient clipping at 1,
+    bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
+    `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
+    import time
+
+    from msf_train import data
+    from msf_train.checkpoint import atomic_write_json
+    from msf_train.train import JsonlLog, autocast, progress, resolve_device
+
+    out = Path(out)
+    for name, v in (("size", size), ("crop", crop or size)):
+        if v % 8:
+            raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
+    classes = list(range(data.NUM_CLASSES)) if classes is None else list(classes)
+    torch.manual_seed(seed)
+    vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
+    n_params = sum(p.numel() for p in vae.parameters())
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    workers = default_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        data.ShapesStream(classes, size, seed, batch, crop), batch_size=None, num_workers=workers,
+        pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
+    gen = torch.Generator(dev).manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out / "log.jsonl", truncate_after=-1)
+    bar = progress(steps, 0, show_progress, desc="vae")
+    t0 = time.time()
+    t_last, s_last = t0, 0
+    acc = torch.zeros(3, device=dev)
+    it = iter(loader)
+    for step in range(steps):
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            steps = step  # a wall-clock budget (e.g. a lent GPU) ends training here; the record says so
+            break
+        imgs, _ = next(it)
+        x = data.to_unit(imgs.to(dev, non_blocking=True))
+        with autocast(dev):
+            dist = vae.encode(x).latent_dist
+            rec = vae.decode(dist.sample(gen)).sample
+        l1 = (rec.float() - x).abs().mean()
+        kl = dist.kl().float().mean() / x[0].numel()  # KL summed over the latent, per pixel
+        loss = l1 + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        acc += torch.stack([loss.detach(), l1.detach(), kl.detach()])
+        bar.update(1)
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            now = time.time()
+            vals = (acc / (done - s_last)).tolist()
+            rec_ = {"step": done, "loss": vals[0], "l1": vals[1], "kl": vals[2], "lr": lr,
+                    "it_s": (done - s_last) / max(now - t_last, 1e-9), "wall": now - t0}
+            log.write(rec_)
+            bar.set_postfix(loss=f"{vals[0]:.4f}", refresh=False)
+            acc.zero_()
+            t_last, s_last = now, done
+    bar.close()
+    train_wall = time.time() - t0
+
+    # The scaling factor, measured on held-out images (another seed).
+    vae.eval()
+    held = data.ShapesDataset(classes, per_class=max(1, -(-scale_images // len(classes))), seed=seed + 1,
+                              full_size=size)
+    rng = torch.Generator().manual_seed(seed + 1)
+    pick = torch.randperm(len(held), generator=rng)[:scale_images].tolist()
+
+    def batches():
+        for i in range(0, len(pick), batch):
+            imgs = torch.stack([held[j][0] for j in pick[i:i + batch]])
+            yield data.to_unit(imgs.to(dev))
+
+    stats = measure_latent_stats(vae, batches(), torch.Generator(dev).manual_seed(seed + 2))
+    vae.register_to_config(scaling_factor=round(1.0 / stats["std"], 6))
+    save_vae(vae, out)
+    save_reconstructions(vae, next(batches())[:8], out / "reconstructions.png")
+    summary = {"steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop, "widths": list(widths),
+               "mid_attention": mid_attention,
+               "kl_weight": kl_weight, "classes": len(classes), "seed": seed, "device": str(dev),
+               "params": n_params, "train_wall_s": train_wall, "final_loss": log.last.get("loss"),
+               "latent_mean": stats["mean"], "latent_std": stats["std"], "psnr_db": stats["psnr"],
+               "scaling_factor": vae.config.scaling_factor, "scale_images": len(pick)}
+    atomic_write_json(out / "training.json", summary)
+    return summary
+
+
+@torch.no_grad()
+def save_reconstructions(vae, x: torch.Tensor, path) -> None:
+    """A figure: images (top row) and their reconstructions from the posterior mode (bottom row)."""
+    import numpy as np
+    from PIL import Image
+
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    rows = [torch.cat(list(t), dim=2) for t in (x, rec)]  # (3, H, B*W) each
+    grid = ((torch.cat(rows, dim=1) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(grid)).save(path)
+
+
+def save_vae(vae, folder) -> Path:
+    """save_pretrained into a temp folder, then move weights then config into place (a config implies
+    complete weights; a killed save leaves the previous VAE, if any, loadable)."""
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".save-"))
+    try:
+        vae.save_pretrained(str(tmp), safe_serialization=True)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in names if n != "config.json"] + ["config.json"]:
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def default_workers() -> int:
+    """DataLoader workers for rendering/decoding images: leave a core for the main process."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(12, n - 1))

@@ -1,0 +1,237 @@
+"""Training: each stage on a tiny preset from a shapes cache, checkpoints, exact resume, a SIGKILLed
+run, torchrun DDP, and cascade assembly."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _msf_tiny import run_cli, tiny_assets
+from msf_train import factorize
+from msf_train.cache import LatentCache
+from msf_train.checkpoint import load_stage, read_cascade
+from msf_train.config import get_preset
+from msf_train.errors import MsfError
+from msf_train.model import build_model, sample_inputs
+from msf_train.train import Batches, Dist, TrainOptions, assemble_cascade, latest_checkpoint, targets, train
+
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return tiny_assets(tmp_path_factory)
+
+
+def opts(assets, stage, out, **kw):
+    kw = {"steps": 4, "batch": 8, "save_every": 2, "log_every": 1, "device": "cpu", "progress": False,
+          "preset": f"tiny/{stage}", "cache": str(assets["cache"]), **kw}
+    return TrainOptions(stage=stage, out=str(out), **kw)
+
+
+def read_log(out):
+    return [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stage", ["scale0", "scale1", "dit"])
+def test_each_stage_trains_and_its_checkpoint_reloads_bit_identically(assets, tmp_path, stage):
+    out = tmp_path / stage
+    summary = train(opts(assets, stage, out, vae=str(assets["vae"])), log=quiet)
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in log)
+    assert summary["final_loss"] == log[-1]["loss"] and summary["ranks_agree"]
+
+    cfg, model = load_stage(out)  # the stage folder: EMA weights + config
+    assert cfg == get_preset(f"tiny/{stage}")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["step"] == 4 and meta["vae"] == LatentCache(assets["cache"]).vae
+    step, sdir = latest_checkpoint(out)
+    assert step == 4 and sorted(p.name for p in (out / "state").iterdir()) == ["latest.json", "step-00000004"]
+    again = build_model(cfg)
+    again.load_state_dict(load_file(str(sdir / "ema.safetensors")))
+    x = sample_inputs(cfg, batch=3, seed=1)
+    with torch.no_grad():
+        assert torch.equal(model(**x), again.eval()(**x))
+        assert model(**x).abs().sum() > 0  # trained away from the zero-initialised output
+    raw = load_file(str(sdir / "model.safetensors"))
+    assert any(not torch.equal(raw[k], v) for k, v in again.state_dict().items())  # EMA != raw weights
+
+
+def test_resume_replays_exactly_what_an_uninterrupted_run_does(assets, tmp_path):
+    train(opts(assets, "scale1", tmp_path / "straight", steps=6, save_every=3), log=quiet)
+    train(opts(assets, "scale1", tmp_path / "split", steps=3, save_every=3), log=quiet)
+    msgs = []
+    train(opts(assets, "scale1", tmp_path / "split", steps=6, save_every=3, resume=True), log=msgs.append)
+    assert any("resuming" in m and "step 3" in m for m in msgs)
+    for name in ("model.safetensors", "state/step-00000006/model.safetensors", "state/step-00000006/ema.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "split" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["step"] for r in read_log(tmp_path / "split")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in read_log(tmp_path / "split")] == [r["loss"] for r in read_log(tmp_path / "straight")]
+
+
+def test_max_minutes_stops_at_a_log_line_and_saves(assets, tmp_path):
+    out = tmp_path / "budget"
+    summary = train(opts(assets, "scale0", out, steps=1000, log_every=2, save_every=1000, max_minutes=1e-9), log=quiet)
+    assert summary["steps"] == 2 and summary["stopped_by_time"]
+    assert latest_checkpoint(out)[0] == 2 and json.loads((out / "config.json").read_text())["step"] == 2
+    summary = train(opts(assets, "scale0", out, steps=3, resume=True), log=quiet)
+    assert summary["started_at_step"] == 2 and summary["steps"] == 3 and not summary["stopped_by_time"]
+
+
+def test_targets_are_algorithm_1_and_priors_algorithm_2(assets):
+    c = LatentCache(assets["cache"])
+    full, base = c.load("full")[:5].float(), c.load("base")[:5].float()
+    s0, s1, dit = (get_preset(f"tiny/{s}") for s in ("scale0", "scale1", "dit"))
+    x0, p0 = targets(s0, full, base)
+    x1, p1 = targets(s1, full, base)
+    assert p0 is None and torch.equal(x0, base)
+    torch.testing.assert_close(factorize.up(x0, 8) + x1, full)  # sum_i Up(f_i) == E(image)
+    torch.testing.assert_close(p1, factorize.priors([x0, x1], (4, 8))[0])
+    x1s, _ = targets(s1.replace(residual_scale=0.5), full, base)
+    torch.testing.assert_close(x1s, x1 / 0.5)
+    xd, pd = targets(dit, full, base)
+    assert pd is None and torch.equal(xd, full)
+
+
+def test_residual_scale_auto_is_measured_and_stored(assets, tmp_path):
+    out = tmp_path / "auto"
+    train(opts(assets, "scale1", out, steps=1, residual_scale="auto"), log=quiet)
+    cfg, _ = load_stage(out)
+    c = LatentCache(assets["cache"])
+    x, _ = targets(get_preset("tiny/scale1"), c.load("full").float(), c.load("base").float())
+    assert cfg.residual_scale == pytest.approx(x.double().std(unbiased=False).item(), rel=1e-4)
+
+
+def test_batches_shard_the_data_between_processes():
+    class FakeCache:
+        count, labels = 10, np.arange(10)
+        folder = "fake"
+
+    cfg = get_preset("tiny/dit")
+    per_rank = [Batches(FakeCache(), cfg, 2, 0, Dist(rank=r, world=2), torch.device("cpu")) for r in range(2)]
+    epoch0 = [np.concatenate([b.indices(s) for s in range(2)]) for b in per_rank]  # 2 steps x 2 = 4 of 5 per rank
+    assert not set(epoch0[0]) & set(epoch0[1])
+    assert np.array_equal(per_rank[0].indices(7), per_rank[0].indices(7))  # a pure function of the step
+    assert np.array_equal(np.sort(np.concatenate([per_rank[0].indices(s) for s in range(5)])[:5]),
+                          np.sort(per_rank[0]._perm(0)[:5]))
+
+
+def test_stage_and_cache_mismatches_are_clear_errors(assets, tmp_path):
+    with pytest.raises(MsfError, match="tiny/scale0 is scale 0, not scale 1"):
+        train(opts(assets, "scale1", tmp_path / "a", preset="tiny/scale0"))
+    with pytest.raises(MsfError, match="one-scale model; train it with msf-train dit"):
+        train(opts(assets, "scale0", tmp_path / "a", preset="tiny/dit"))
+    with pytest.raises(MsfError, match="train it with msf-train scale1"):
+        train(opts(assets, "dit", tmp_path / "a", preset="tiny/scale1"))
+    with pytest.raises(MsfError, match="--scales 12,16"):
+        train(opts(assets, "scale0", tmp_path / "a", preset="demo/scale0"))
+    with pytest.raises(MsfError, match="outside preset tiny/scale0's 20 classes"):
+        train(opts(assets, "scale0", tmp_path / "a", cache=str(assets["cache_wide"])))
+    with pytest.raises(MsfError, match="made with another VAE"):
+        train(opts(assets, "scale0", tmp_path / "a", vae=str(assets["vae_other"])))
+    with pytest.raises(MsfError, match="time-sampling"):
+        train(opts(assets, "scale0", tmp_path / "a", time_sampling="beta"))
+    out = tmp_path / "done"
+    train(opts(assets, "dit", out, steps=1), log=quiet)
+    with pytest.raises(MsfError, match="pass --resume"):
+        train(opts(assets, "dit", out, steps=2))
+    assert not (tmp_path / "a").exists()  # nothing written before the checks
+
+
+def test_assemble_msf_and_dit_cascades(assets, tmp_path):
+    for s in ("scale0", "scale1", "dit"):
+        train(opts(assets, s, tmp_path / s, steps=1), log=quiet)
+    msf = assemble_cascade(tmp_path / "msf", [tmp_path / "scale0", tmp_path / "scale1"], assets["vae"])
+    stages, vae = read_cascade(msf)
+    assert [p.name for p in stages] == ["scale0", "scale1"] and vae.name == "vae"
+    assert not (msf / "scale0" / "state").exists()  # weights and config only
+    cfg, _ = load_stage(stages[1])
+    assert cfg.name == "tiny/scale1"
+    dit = assemble_cascade(tmp_path / "ditc", [tmp_path / "dit"], assets["vae"])
+    assert len(read_cascade(dit)[0]) == 1
+    with pytest.raises(MsfError, match="another VAE"):
+        assemble_cascade(tmp_path / "x", [tmp_path / "dit"], assets["vae_other"])
+    with pytest.raises(MsfError, match="scale order"):
+        assemble_cascade(tmp_path / "x", [tmp_path / "scale1", tmp_path / "scale0"], assets["vae"])
+
+
+def test_sigkill_mid_run_leaves_a_checkpoint_that_resumes(assets, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "msf_train.cli", "scale0", "--preset", "tiny/scale0", "--cache",
+                             str(assets["cache"]), "--out", str(out), "--steps", "100000", "--batch", "8",
+                             "--save-every", "3", "--log-every", "1", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                found = latest_checkpoint(out)
+            except MsfError:  # the pointer was read just before the run replaced it and removed its folder
+                found = None
+            if found and found[0] >= 9:
+                break
+            assert proc.poll() is None, "training exited early"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint in time")
+        proc.send_signal(signal.SIGKILL)  # mid-run: no chance to clean up
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    step, sdir = latest_checkpoint(out)
+    assert step >= 9 and step % 3 == 0
+    load_stage(out)  # the stage folder loads
+    r = run_cli("scale0", "--preset", "tiny/scale0", "--cache", assets["cache"], "--out", out,
+                "--steps", step + 2, "--batch", 8, "--save-every", 3, "--log-every", 1, "--resume", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming {out} from step {step}" in r.stdout
+    log = read_log(out)
+    assert [x["step"] for x in log] == list(range(1, step + 3))  # the killed run's extra lines are dropped
+    assert latest_checkpoint(out)[0] == step + 2
+    assert json.loads((out / "train.json").read_text())["started_at_step"] == step
+
+
+def test_torchrun_two_cpu_processes_end_with_identical_weights(assets, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "msf_train.cli", "scale1", "--preset", "tiny/scale1", "--cache", str(assets["cache"]),
+           "--out", str(out), "--steps", "4", "--batch", "8", "--save-every", "2", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["rank_weights_sha256"]) == 2
+    assert summary["ranks_agree"], summary["rank_weights_sha256"]
+    assert all(np.isfinite(x["loss"]) for x in read_log(out))
+    load_stage(out)
+
+
+@pytest.mark.slow
+def test_train_demo_script_at_tiny_size(tmp_path):
+    """scripts/train_demo.sh end to end at a tiny size (7 processes), then again: a re-run resumes."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_demo.sh"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "demo"), "DEVICE": "cpu", "PRESETS": "tiny",
+           "SCALES": "4,8", "CLASSES": "20", "PER_CLASS": "2", "VAE_STEPS": "2", "VAE_BATCH": "4", "VAE_SIZE": "64",
+           "VAE_WIDTHS": "8,16,16,16", "STEPS": "2", "BATCH": "8", "SAVE_EVERY": "2", "LOG_EVERY": "1",
+           "WORKERS": "0", "MSF_TRAIN": f"{sys.executable} -m msf_train.cli", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    stages, _ = read_cascade(tmp_path / "demo" / "msf")
+    assert [load_stage(s)[0].name for s in stages] == ["tiny/scale0", "tiny/scale1"]
+    assert load_stage(read_cascade(tmp_path / "demo" / "dit-cascade")[0][0])[0].name == "tiny/dit"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600, env={**env, "STEPS": "3"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "vae: " in r.stdout and "exists, kept" in r.stdout and "up to date" in r.stdout
+    assert latest_checkpoint(tmp_path / "demo" / "dit")[0] == 3
