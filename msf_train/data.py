@@ -307,7 +307,8 @@ class ImageFolder(PairDataset):
             return None  # unreadable or truncated: skipped and counted by the consumer
 
     def describe(self) -> dict:
-        return {"kind": "folder", "root": str(self.root.resolve()), "class_names": self.class_names}
+        return {"kind": "folder", "root": str(self.root.resolve()), "class_names": self.class_names,
+                "files": len(self.files)}
 
 
 class ShapesStream(torch.utils.data.IterableDataset):
