@@ -105,13 +105,19 @@ def save_stage(folder, state_dict: dict[str, torch.Tensor], cfg: ModelConfig, **
     return folder
 
 
-def load_stage_config(folder) -> tuple[ModelConfig, dict]:
-    folder = Path(folder)
+def _read_versioned(folder: Path, name: str, what: str) -> dict:
+    """JSON file `name` in model folder `folder`, refusing a format newer than this msf writes."""
     if not folder.is_dir():
         raise MsfError(f"model folder not found: {folder}")
-    meta = read_json(folder / CONFIG_FILE, "stage config")
+    meta = read_json(folder / name, what)
     if meta.get("format", 0) > FORMAT:
-        raise MsfError(f"{folder / CONFIG_FILE} has format {meta['format']}, newer than this msf ({FORMAT}): upgrade msf")
+        raise MsfError(f"{folder / name} has format {meta['format']}, newer than this msf ({FORMAT}): upgrade msf")
+    return meta
+
+
+def load_stage_config(folder) -> tuple[ModelConfig, dict]:
+    folder = Path(folder)
+    meta = _read_versioned(folder, CONFIG_FILE, "stage config")
     if "model" not in meta:
         raise MsfError(f"{folder / CONFIG_FILE} has no 'model' config: not an msf stage folder")
     return ModelConfig.from_dict(meta["model"]), meta
@@ -147,11 +153,7 @@ def write_cascade(folder, stages: list[str], vae: str) -> Path:
 def read_cascade(folder) -> tuple[list[Path], Path]:
     """-> (stage folders in scale order, vae folder), checked for existence and consistency."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise MsfError(f"model folder not found: {folder}")
-    meta = read_json(folder / CASCADE_FILE, "cascade description")
-    if meta.get("format", 0) > FORMAT:
-        raise MsfError(f"{folder / CASCADE_FILE} has format {meta['format']}, newer than this msf ({FORMAT}): upgrade msf")
+    meta = _read_versioned(folder, CASCADE_FILE, "cascade description")
     stages = [folder / s for s in meta.get("stages", [])]
     if not stages:
         raise MsfError(f"{folder / CASCADE_FILE} lists no stages")
