@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped demo weights, reproduced on a 2-core CPU in about 45 minutes (see MODEL_CARD.md).
+# The shipped demo weights, reproduced on a 2-core CPU in about 50 minutes (see MODEL_CARD.md).
 # Every step is a plain msf-train / msf-eval command with a wall-clock budget (--max-minutes stops
 # training at the next log interval and saves), stage after stage, so the cores are never shared.
 # The DiT baseline gets the wall time of scale 0 + scale 1 together: matched training compute on
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
 M=${MINUTES:-7}              # per scale; the DiT gets 2 * M
-VAE_MIN=${VAE_MIN:-9}
+VAE_MIN=${VAE_MIN:-12}
 CLF_MIN=${CLF_MIN:-4}
 PER_CLASS=${PER_CLASS:-8}
 T=${MSF_TRAIN:-msf-train}
