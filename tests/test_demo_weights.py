@@ -1,0 +1,38 @@
+"""The shipped demo weights (runtime/weights, msf_eval/weights) load and sample deterministically."""
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MSF, DIT = ROOT / "runtime" / "weights" / "demo-msf", ROOT / "runtime" / "weights" / "demo-dit"
+CLASSIFIER = ROOT / "msf_eval" / "weights" / "shapes-classifier"
+
+
+@pytest.mark.parametrize("folder, presets", [(MSF, ["demo/scale0", "demo/scale1"]), (DIT, ["demo/dit"])])
+def test_shipped_cascade_loads_and_samples_deterministically(folder, presets):
+    from runtime.engines import load_cascade
+    from runtime.sampler import make_plan, sample
+
+    stages, decoder = load_cascade(folder, "torch", "cpu")
+    assert [c.name for c, _ in stages] == presets
+    plan = make_plan([c for c, _ in stages], [4] * len(stages))
+    a = sample(stages, decoder, [330, 7], 0, plan, timed=False).image
+    b = sample(stages, decoder, [330, 7], 0, plan, timed=False).image
+    assert a.shape == (2, 3, 128, 128)
+    assert torch.equal(a, b)
+    c = sample(stages, decoder, [330, 7], 1, plan, timed=False).image
+    assert not torch.equal(a, c)
+
+
+def test_default_msf_run_model_is_the_shipped_demo():
+    from runtime.cli import DEMO_MODEL
+
+    assert DEMO_MODEL.resolve() == MSF.resolve() and (MSF / "cascade.json").is_file()
+
+
+def test_shipped_classifier_loads():
+    from msf_eval.classifier import load_classifier
+
+    model, meta = load_classifier(CLASSIFIER)
+    assert meta["holdout_accuracy"]["palette"] > 0.5  # far above the 0.1 of chance
