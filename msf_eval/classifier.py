@@ -8,7 +8,6 @@ frequencies that scale 0 generates, texture in the residual of scale 1).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

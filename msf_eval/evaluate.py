@@ -9,8 +9,6 @@ and measured latency through the same runtime.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from pathlib import Path
 

@@ -7,25 +7,24 @@ import click
 from msf_train.errors import MsfError
 
 
+def _one_line(invoke, ctx):
+    try:
+        return invoke(ctx)
+    except MsfError as e:
+        raise click.ClickException(str(e)) from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        raise click.ClickException(f"{e.strerror}: {e.filename}") from None
+
+
 class MsfGroup(click.Group):
     """A click group whose commands report `MsfError` as `Error: <message>` with exit code 1."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MsfError as e:
-            raise click.ClickException(str(e)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            raise click.ClickException(f"{e.strerror}: {e.filename}") from None
+        return _one_line(super().invoke, ctx)
 
 
 class MsfCommand(click.Command):
     """The same for a single command (msf-run)."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MsfError as e:
-            raise click.ClickException(str(e)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            raise click.ClickException(f"{e.strerror}: {e.filename}") from None
+        return _one_line(super().invoke, ctx)

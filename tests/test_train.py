@@ -2,7 +2,6 @@
 run, torchrun DDP, and cascade assembly."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
