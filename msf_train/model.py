@@ -39,7 +39,13 @@ def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: fl
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2D sin-cos positions: half the channels encode the row, half the column. -> (grid*grid, dim)."""
+    """Fixed 2D sin-cos positions, in DiT's and diffusers' layout. -> (grid*grid, dim).
+
+    Token n = row * grid + col. The first half of the channels encodes the column, the second half
+    the row: the reference builds its grid with ``np.meshgrid(grid_w, grid_h)`` and encodes
+    ``grid[0]`` (the column index) first. Released DiT/diffusers weights expect exactly this order;
+    pinned against diffusers' ``get_2d_sincos_pos_embed`` in tests/test_model.py.
+    """
     assert dim % 4 == 0, "position embedding needs hidden_size divisible by 4"
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
@@ -50,7 +56,7 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
         a = pos.reshape(-1, 1) * omega[None]
         return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
 
-    return torch.cat([enc(rows), enc(cols)], dim=1).float()  # (grid*grid, dim)
+    return torch.cat([enc(cols), enc(rows)], dim=1).float()  # (grid*grid, dim): [column | row]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

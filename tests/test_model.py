@@ -66,3 +66,20 @@ def test_batch_elements_are_independent():
     full = m(**x)
     one = m(**{k: v[1:2] for k, v in x.items()})
     assert torch.allclose(full[1:2], one, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim,grid", [(32, 4), (1152, 16), (64, 6)])
+def test_position_table_matches_diffusers_reference_layout(dim, grid):
+    """Released DiT/diffusers weights expect [column | row] halves; a swapped table breaks them silently."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    from msf_train.model import sincos_pos_embed_2d
+
+    # base_size=grid: positions 0..grid-1, as diffusers' PatchEmbed sets it for DiT (base_size = height // patch)
+    ref = get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt")
+    ours = sincos_pos_embed_2d(dim, grid)
+    assert ours.shape == ref.shape == (grid * grid, dim)
+    torch.testing.assert_close(ours, ref.float(), atol=1e-6, rtol=0)
+    # token 1 is (row 0, col 1): only the first (column) half differs from token 0
+    assert not torch.allclose(ours[1, : dim // 2], ours[0, : dim // 2])
+    torch.testing.assert_close(ours[1, dim // 2 :], ours[0, dim // 2 :])
