@@ -140,6 +140,9 @@ def _train_command(stage: str, summary: str):
     @click.option("--resume", is_flag=True, help="continue from OUT's last checkpoint (or start if it has none)")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--time-sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "logit_normal"]))
+    @click.option("--label-sharing", default="none", show_default=True, type=click.Choice(["none", "shapes"]),
+                  help="shapes: each class row of the label table also learns from every class with the same "
+                       "shape, palette or texture (the table stays a plain DiT table; msf_train/labels.py)")
     @click.option("--vae", "vae_dir", default=None, help="check that the cache was made with this VAE")
     @click.option("--residual-scale", default=None,
                   help="residual scales: 'auto' (1/std of the targets, measured on the cache) or a number; "
@@ -149,7 +152,7 @@ def _train_command(stage: str, summary: str):
                   help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
     @_device_option
     def command(preset, cache_dir, out, steps, batch, lr, warmup, ema, save_every, log_every, resume, seed,
-                time_sampling, vae_dir, residual_scale, compile_, max_minutes, device):
+                time_sampling, label_sharing, vae_dir, residual_scale, compile_, max_minutes, device):
         get_preset(preset)  # a typo fails here, before torch loads
         from msf_train.train import TrainOptions, train
 
@@ -161,7 +164,8 @@ def _train_command(stage: str, summary: str):
                                          param_hint="--residual-scale") from None
         s = train(TrainOptions(stage=stage, preset=preset, cache=cache_dir, out=out, steps=steps, batch=batch, lr=lr,
                                warmup=warmup, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
-                               seed=seed, time_sampling=time_sampling, device=device, vae=vae_dir,
+                               seed=seed, time_sampling=time_sampling, label_sharing=label_sharing,
+                               device=device, vae=vae_dir,
                                residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes),
                   log=click.echo)
         if s.get("final_loss") is not None:
