@@ -19,6 +19,8 @@ a diffusers folder see plain DiT, nothing to bake. The null-class row is never s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from msf_train.errors import MsfError
@@ -32,9 +34,7 @@ SHARING = {"none": None, "shapes": SHAPES_FACTORS}
 def shared_gradient(grad: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
     """(num_classes + 1, D) table gradient -> the same plus, per class row, the summed gradients of
     every class that has the same value of each attribute. The last row (null class) is unchanged."""
-    n = 1
-    for f in factors:
-        n *= f
+    n = math.prod(factors)
     if grad.shape[0] != n + 1:
         raise MsfError(f"label sharing over {'x'.join(map(str, factors))} = {n} classes needs a table of "
                        f"{n + 1} rows (with the null class), got {grad.shape[0]}")
@@ -51,5 +51,10 @@ def share_label_gradients(table: torch.nn.Parameter, mode: str) -> None:
     if mode not in SHARING:
         raise MsfError(f"--label-sharing {mode!r}: use one of {', '.join(SHARING)}")
     factors = SHARING[mode]
-    if factors is not None:
-        table.register_hook(lambda g: shared_gradient(g, factors))
+    if factors is None:
+        return
+    n = math.prod(factors)
+    if table.shape[0] != n + 1:
+        raise MsfError(f"--label-sharing {mode} needs a model with {n} classes; this one has {table.shape[0] - 1}: "
+                       f"use --label-sharing none")
+    table.register_hook(lambda g: shared_gradient(g, factors))

@@ -39,3 +39,12 @@ def test_null_row_and_unrelated_classes_untouched():
     assert torch.equal(out[0], torch.ones(4))  # class 0 shares only the shape (0) with class 330
     assert torch.equal(out[111], torch.zeros(4))  # nothing in common with 330
     assert torch.equal(out[331], torch.full((4,), 2.0))  # same palette and texture
+
+
+def test_sharing_refuses_a_table_of_another_size():
+    import pytest
+
+    from msf_train.errors import MsfError
+
+    with pytest.raises(MsfError, match="needs a model with 1000 classes; this one has 20"):
+        share_label_gradients(torch.nn.Parameter(torch.zeros(21, 4)), "shapes")
