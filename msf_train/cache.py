@@ -58,8 +58,8 @@ def build_cache(vae_folder, data, out, *, scales=DEMO_SCALES, classes=None, per_
 
     Re-running with the same VAE, data and sizes over a complete cache is a no-op."""
     from msf_train import data as D
-    from msf_train.train import progress, resolve_device
-    from msf_train.vae import default_workers, encode, load_vae, vae_identity
+    from msf_train.util import default_workers, progress, resolve_device
+    from msf_train.vae import encode, load_vae, vae_identity
 
     base_lat, full_lat = int(scales[0]), int(scales[-1])
     if dtype not in DTYPES:
@@ -157,10 +157,10 @@ def build_cache(vae_folder, data, out, *, scales=DEMO_SCALES, classes=None, per_
 def _noise(seed: int, ids: list[int], which: int, channels: int, side: int) -> torch.Tensor:
     """The latent sampling noise of each image, seeded by (seed, image position, full/base): the cache
     does not depend on the batch size or the device."""
-    from msf_train.train import _step_seed
+    from msf_train.util import step_seed
 
     return torch.stack([torch.randn(channels, side, side, generator=torch.Generator().manual_seed(
-        _step_seed(seed, i, which, 0xCAC4E))) for i in ids])
+        step_seed(seed, i, which, 0xCAC4E))) for i in ids])
 
 
 def _vae_factor(folder) -> int:

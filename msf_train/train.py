@@ -43,6 +43,7 @@ from msf_train.checkpoint import (CONFIG_FILE, atomic_save_safetensors, atomic_w
 from msf_train.config import ModelConfig, get_preset
 from msf_train.errors import MsfError
 from msf_train.labels import share_label_gradients
+from msf_train.util import JsonlLog, autocast, progress, resolve_device, step_seed
 
 STATE_DIR = "state"
 LATEST = "latest.json"
@@ -51,64 +52,6 @@ SUMMARY_FILE = "train.json"
 STAGES = ("scale0", "scale1", "dit")
 DEFAULT_PRESETS = {s: f"demo/{s}" for s in STAGES}  # what `msf-train STAGE` trains without --preset
 GPU_CACHE_FRACTION = 0.25  # a cache smaller than this share of free GPU memory lives on the GPU
-
-
-# ---- small shared helpers (also used by msf_train.vae and msf_train.cache) ---------------------
-def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MsfError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-        dev = torch.device(name)
-        return torch.device("cuda", local_rank) if dev.index is None else dev
-    if name != "cpu":
-        raise MsfError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def progress(total: int, initial: int = 0, enabled: bool = True, **kw):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
-                file=sys.stderr, **kw)
-
-
-class JsonlLog:
-    """Append-only JSON lines. `truncate_after=S` first drops records with step > S (a resumed run
-    rewrites what the killed run logged after its checkpoint); -1 starts a new log."""
-
-    def __init__(self, path, truncate_after: int | None = None):
-        self.path = Path(path)
-        self.last: dict = {}
-        if truncate_after is not None and self.path.exists():
-            keep = []
-            if truncate_after >= 0:
-                for line in self.path.read_text().splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a kill
-                    if rec.get("step", 0) <= truncate_after:
-                        keep.append(line)
-            atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
-
-    def write(self, record: dict) -> None:
-        self.last = record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _step_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -252,7 +195,7 @@ class Batches:
         if epoch not in self._perms:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            rng = np.random.default_rng(_step_seed(self.seed, epoch, 0xDA7A))
+            rng = np.random.default_rng(step_seed(self.seed, epoch, 0xDA7A))
             self._perms[epoch] = rng.permutation(self.cache.count)
         return self._perms[epoch]
 
@@ -395,7 +338,7 @@ class Stepper:
         o, cfg = self.opts, self.cfg
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
-        gen = torch.Generator(self.device).manual_seed(_step_seed(o.seed, self.dist.rank, step, 0x5EED))
+        gen = torch.Generator(self.device).manual_seed(step_seed(o.seed, self.dist.rank, step, 0x5EED))
         y = flow.drop_labels(y, o.label_dropout, cfg.null_class, gen)
         with autocast(self.device):
             loss = flow.flow_loss(self.fwd, x, y, prior, time_mode=o.time_sampling, generator=gen)

@@ -45,8 +45,11 @@ def load_vae(folder, device="cpu", dtype=torch.float32):
     cls = getattr(diffusers, vae_class_name(folder))
     try:
         vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise MsfError(f"cannot load the VAE in {folder}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # diffusers/safetensors raise many types for damaged or mismatched files
+        raise MsfError(f"cannot load the VAE in {folder}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    from msf_train.checkpoint import check_finite
+
+    check_finite(dict(vae.state_dict()), folder)
     return vae.to(device).eval()
 
 
@@ -113,16 +116,27 @@ def weights_file(folder) -> Path:
     raise MsfError(f"{folder} has no VAE weights ({' or '.join(WEIGHT_FILES)})")
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def vae_identity(folder) -> dict:
     """What a latent cache and a stage folder record about their VAE: the sha256 of its weights file,
-    its latent factors and class. Two VAEs with the same record encode identically."""
+    its latent factors and class. Two VAEs with the same record encode identically. The hash is
+    remembered per (file, size, mtime) for the life of the process (msf-run checks it at load)."""
     from msf_train.checkpoint import sha256_file
 
     cls = vae_class_name(folder)
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    return {"class": cls, "sha256": sha256_file(weights_file(folder)),
-            "scaling_factor": float(cfg.get("scaling_factor") or 1.0),
-            "shift_factor": float(cfg.get("shift_factor") or 0.0)}
+    w = weights_file(folder)
+    st = w.stat()
+    key = (str(w.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(w)
+    try:
+        factors = float(cfg.get("scaling_factor") or 1.0), float(cfg.get("shift_factor") or 0.0)
+    except (TypeError, ValueError):
+        raise MsfError(f"{Path(folder) / 'config.json'}: scaling_factor and shift_factor must be numbers") from None
+    return {"class": cls, "sha256": _SHA_MEMO[key], "scaling_factor": factors[0], "shift_factor": factors[1]}
 
 
 def same_vae(a: dict, b: dict) -> bool:
@@ -199,7 +213,7 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
 
     from msf_train import data
     from msf_train.checkpoint import atomic_write_json
-    from msf_train.train import JsonlLog, autocast, progress, resolve_device
+    from msf_train.util import JsonlLog, autocast, default_workers, progress, resolve_device
 
     out = Path(out)
     for name, v in (("size", size), ("crop", crop or size)):
@@ -319,11 +333,3 @@ def save_vae(vae, folder) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def default_workers() -> int:
-    """DataLoader workers for rendering/decoding images: leave a core for the main process."""
-    import os
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(12, n - 1))
