@@ -200,7 +200,7 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
               widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
               init=None, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
-              show_progress: bool = True, max_minutes: float | None = None) -> dict:
+              show_progress: bool = True, max_minutes: float | None = None, force: bool = False) -> dict:
     """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
     measured on the data: scaling_factor = 1 / std of the raw latents.
 
@@ -209,6 +209,32 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one. AdamW, gradient clipping at 1,
     bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
     `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
+    from msf_train import outdir
+
+    opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, mid_attention=mid_attention,
+                kl_weight=kl_weight, mse_weight=mse_weight, init=init, classes=classes, seed=seed, device=device,
+                workers=workers, scale_images=scale_images, log_every=log_every, show_progress=show_progress,
+                max_minutes=max_minutes)
+    for name, v in (("steps", steps), ("batch", batch), ("scale_images", scale_images), ("log_every", log_every)):
+        if v < 1:
+            raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not (math.isfinite(lr) and lr > 0) or kl_weight < 0 or mse_weight < 0:
+        raise MsfError("--lr must be > 0, --kl and --mse >= 0")
+    for name, v in (("size", size), ("crop", crop or size)):
+        if v % 8:
+            raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
+    if init is not None and Path(init).resolve() == Path(out).resolve():
+        raise MsfError(f"--init and --out are the same folder ({out}): write the fine-tuned VAE to a new folder")
+    key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()
+           if k not in ("device", "workers", "show_progress", "log_every", "max_minutes")}
+    key["init"] = str(Path(init).resolve()) if init is not None else None
+    key["classes"] = None if classes is None else list(classes)
+    with outdir.claim(out, "msf-train vae", key, force):
+        return _train_vae(out, **opts)
+
+
+def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init, classes, seed,
+               device, workers, scale_images, log_every, show_progress, max_minutes) -> dict:
     import time
 
     from msf_train import data
@@ -216,9 +242,6 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     from msf_train.util import JsonlLog, autocast, default_workers, progress, resolve_device
 
     out = Path(out)
-    for name, v in (("size", size), ("crop", crop or size)):
-        if v % 8:
-            raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
