@@ -88,7 +88,20 @@ def _guard(fn, *args):
         mapped = one_line(e)
         if mapped is None:
             raise
+        _close_progress_bars()
         raise mapped from None
+
+
+def _close_progress_bars() -> None:
+    """Finish any progress bar now, so that the error line is the last thing on stderr."""
+    import sys
+
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
 
 
 class MsfCommand(click.Command):

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -124,11 +123,13 @@ def claim(out, command: str, key=None, force: bool = False, recognise: Callable[
     try:
         with lock(out, command):
             check_claim(out, command, key, force, recognise)  # again, under the lock (a racing writer)
-            record = {"command": command, "key": _jsonable(key), "complete": False, "pid": os.getpid(),
-                      "argv": sys.argv}
-            _write_marker(out, record)
+            record = {"command": command, "key": _jsonable(key)}
+            old = read_marker(out) or {}
+            if {k: old.get(k) for k in record} != record:  # a refused resume leaves the folder byte-identical
+                _write_marker(out, {**record, "complete": False})
             yield out
-            _write_marker(out, {**record, "complete": True})
+            if not (read_marker(out) or {}).get("complete"):
+                _write_marker(out, {**record, "complete": True})
     except BaseException:
         if created and not (keep is not None and keep(out)):
             shutil.rmtree(out, ignore_errors=True)  # partial outputs of a failed first run

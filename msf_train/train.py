@@ -385,6 +385,8 @@ def train(opts: TrainOptions, log=print) -> dict:
                        f"or choose another --out")
     if not found and (out / CONFIG_FILE).exists() and not opts.resume:
         raise MsfError(f"{out} already holds a model; choose another --out")
+    if found:
+        check_resume_options(read_json(found[1] / "trainer.json", "trainer state"), opts, out)
 
     # Rank 0 owns the output folder: it holds the lock (a second training on OUT is refused).
     main = int(os.environ.get("RANK", "0")) == 0

@@ -95,7 +95,7 @@ def write_png(path: Path, array) -> None:
 @click.command(cls=MsfCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--class", "class_ids", default="330", show_default=True,
               help="Class id(s), comma separated, e.g. 330 or 1,2,3; each in [0, num_classes).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 2 ** 32),
               help="Image j of the output uses seed+j, so an image depends only on its seed and class.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images PER CLASS: --class 1,2 --batch 4 makes 8 images (a 2x4 grid, one row per class).")
@@ -174,6 +174,9 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
     cfgs = [c for c, _ in stages]
     plan = sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
     sampler.check_classes(cfgs, classes)
+    from runtime.memory import check_memory
+
+    check_memory(stages, decoder, len(classes) * batch, plan, save_scales, dev)  # --batch 100000: refuse, with the figure
 
     y = [c for c in classes for _ in range(batch)]  # class-major: one grid row per class
     use_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph
