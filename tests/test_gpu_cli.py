@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from export_helpers import assert_one_line_error, msf_export, run_cli, tiny_cascade
+from export_helpers import assert_one_line_error, run_cli, tiny_cascade
 
 
 @pytest.mark.parametrize("module,args,needle", [
@@ -98,7 +98,3 @@ def test_aoti_package_from_another_torch_is_refused_in_one_line(tmp_path):
     line = assert_one_line_error(r, "compiled by torch 2.11.0+cu130", "re-export")
     assert "scale0.pt2" in line
 
-
-def test_export_missing_model_in_quiet_mode_is_one_line(tmp_path):
-    r = msf_export("--engine", "onnx", "--model", tmp_path / "none", "--out", tmp_path / "o", "--quiet")
-    assert_one_line_error(r)
