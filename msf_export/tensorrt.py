@@ -70,9 +70,17 @@ def is_aligned(t: torch.Tensor) -> bool:
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous at a 256-byte aligned address (a fresh allocation is; a slice may not be)."""
+    """``t`` contiguous at a 256-byte aligned address: itself when it is, else a copy placed at an
+    aligned offset of a slightly larger buffer (a slice of a batch may start anywhere; CUDA's
+    allocator hands out 512-byte aligned blocks, the CPU's only 64-byte aligned ones)."""
     t = t.contiguous()
-    return t if is_aligned(t) else t.clone()
+    if is_aligned(t):
+        return t
+    nbytes = t.numel() * t.element_size()
+    raw = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8, device=t.device)
+    off = -raw.data_ptr() % ALIGNMENT
+    out = raw[off:off + nbytes].view(t.dtype).view(t.shape)
+    return out.copy_(t)
 
 
 def timing_cache_path(folder: Path, trt_version: str, gpu: str, capability: str) -> Path:

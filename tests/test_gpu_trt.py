@@ -23,14 +23,16 @@ def test_timing_cache_is_keyed_by_tensorrt_version_and_gpu(tmp_path):
 
 
 def test_a_misaligned_slice_is_copied_to_an_aligned_buffer():
-    base = torch.zeros(4 * ALIGNMENT, dtype=torch.uint8)
+    raw = torch.zeros(8 * ALIGNMENT, dtype=torch.uint8)  # CPU allocations are only 64-byte aligned
+    off = -raw.data_ptr() % ALIGNMENT
+    base = raw[off:off + 4 * ALIGNMENT]
     assert is_aligned(base) and aligned(base).data_ptr() == base.data_ptr()  # no copy when not needed
     part = base[1:1 + ALIGNMENT]  # a slice one byte in: misaligned
     assert not is_aligned(part)
     fixed = aligned(part)
     assert is_aligned(fixed) and torch.equal(fixed, part)
-    chunk = torch.randn(5, 3, 7)[1:]  # a decoder chunk: contiguous but offset by 21 floats
-    assert is_aligned(aligned(chunk)) and torch.equal(aligned(chunk), chunk)
+    chunk = base.view(torch.float32)[21:]  # a decoder chunk: contiguous but offset by 21 floats
+    assert not is_aligned(chunk) and is_aligned(aligned(chunk)) and torch.equal(aligned(chunk), chunk)
 
 
 def test_availability_check_says_why_in_one_line():
