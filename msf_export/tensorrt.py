@@ -103,8 +103,10 @@ def unavailable_reason() -> str | None:
     try:
         import tensorrt as trt
     except ImportError:
-        hint = wheel_for_torch(torch.version.cuda) if torch.version.cuda else "tensorrt-cu12"
-        return f"tensorrt is not installed (pip install {hint}, matching torch's CUDA {torch.version.cuda})"
+        if not torch.version.cuda:
+            return "tensorrt is not installed, and this torch is a CPU build (TensorRT needs CUDA torch and a GPU)"
+        return (f"tensorrt is not installed (pip install {wheel_for_torch(torch.version.cuda)}, "
+                f"matching torch's CUDA {torch.version.cuda})")
     if not torch.cuda.is_available():
         return "no CUDA device"
     try:
