@@ -212,11 +212,12 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
             write_png(scale_path(out, i), to_grid(img, ncol))
             written.append(scale_path(out, i))
     prefix = f"[{backend} {dev.type}{' graph' if runner.mode == 'graph' else ''}]"
-    for line in sampler.timing_lines(result, len(y)):
+    lines = sampler.timing_lines(result, len(y))
+    lines[-1] += f"; {peak_memory_line(dev)}"  # the total line ends with the peak memory
+    for line in lines:
         click.echo(f"{prefix} {line}", err=True)
     if runner.mode == "graph":
         click.echo(f"{prefix} graph capture (once per batch size and plan): {runner.capture_s:.3f} s", err=True)
-    click.echo(f"{prefix} {peak_memory_line(dev)}", err=True)
     H, W = result.image.shape[-2:]
     click.echo(f"wrote {', '.join(map(str, written))} ({len(y)} image(s) of {W}x{H}, seed {seed})")
 
