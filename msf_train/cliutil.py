@@ -1,42 +1,55 @@
-"""Shared CLI plumbing: the one boundary where every error becomes one line on stderr and a non-zero
-exit instead of a traceback (docs/RELIABILITY.md).
+"""Shared CLI plumbing: every failure of an msf command ends in exactly one line on stderr and a
+non-zero exit, never a traceback and never silence (issue #11).
 
-- `MsfError` (what library code raises for bad input) -> its message;
-- usage errors (unknown option, bad value, out of range) -> one line plus "see CMD --help";
-- OSError by errno: disk full, read-only file system, permission denied, missing files;
-- the allocator running out (RuntimeError "out of memory" / MemoryError);
-- Ctrl-C -> "interrupted" (exit 130);
-- anything else -> "internal error (...)", still one line, asking for a bug report.
-`MSF_DEBUG=1` in the environment lets every exception through with its traceback.
+Three layers, because a failure can happen at three levels:
+1. `MsfError` (and a few well-understood OS errors) raised by our code -> `Error: <message>`;
+2. anything else Python can still see (an exception from torch or inductor, a `SystemExit` with a
+   bare code, a usage error) -> one `Error: ...` line, the traceback only with MSF_TRACEBACK=1;
+3. what Python cannot see: a crash in native code (SIGSEGV in a compiled kernel or in a destructor
+   at interpreter exit), the OOM killer's SIGKILL, an `os._exit` in a library. The command runs in
+   a child process under a small supervisor (this same program, without torch) that reports such
+   an end in one line. The child tells the supervisor through a pipe that it has already printed
+   its message, so an ordinary error is reported once. `faulthandler` in the child adds the Python
+   stack of a native crash above that line. MSF_NO_SUPERVISOR=1 runs in one process.
+
+Layer 1 maps by kind (issue #13, docs/RELIABILITY.md): OSError by errno (disk full, read-only file
+system, permission denied, missing files), the allocator running out ("out of memory", MemoryError),
+Ctrl-C; an exit code carried by the error (training stopped by a signal: 128 + signal) is kept.
+MSF_DEBUG=1 (or MSF_TRACEBACK=1) lets the exception through, and the traceback is printed.
 """
 from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
 
 import click
 
 from msf_train.errors import MsfError
 
-DEBUG_ENV = "MSF_DEBUG"
-# click >= 8.2 signals "no arguments: show the help" with an exception; let it through.
+# click >= 8.2 signals "no arguments: show the help" with a UsageError subclass.
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_REPORT_FD = "MSF_REPORT_FD"  # set by the supervisor in the child: where to say "I printed my error"
+
+
+def one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) message into one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
 
 
 def debug() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def _flat(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-class OneLineError(click.ClickException):
-    """`Error: <message>` on one line, with an exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(_flat(message))
-        self.exit_code = exit_code
+    """MSF_DEBUG=1 or MSF_TRACEBACK=1: show tracebacks (for bug reports)."""
+    return "1" in (os.environ.get("MSF_DEBUG"), os.environ.get("MSF_TRACEBACK"))
 
 
 def _os_message(e: OSError) -> str:
@@ -50,52 +63,44 @@ def _os_message(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}: {where}"
 
 
-def one_line(e: BaseException) -> OneLineError | None:
-    """The one-line form of an exception, or None for exceptions click handles itself."""
-    if isinstance(e, (click.exceptions.Exit, click.exceptions.Abort)):
-        return None
-    if isinstance(e, click.UsageError):
-        ctx = e.ctx
-        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        return OneLineError(f"{e.format_message()}{hint}", e.exit_code)
-    if isinstance(e, click.ClickException):
-        return OneLineError(e.format_message(), e.exit_code)
-    if isinstance(e, MsfError):
-        return OneLineError(str(e), getattr(e, "exit_code", 1))
-    if isinstance(e, KeyboardInterrupt):
-        return OneLineError("interrupted", 130)
-    if isinstance(e, OSError) and e.errno is not None:
-        return OneLineError(_os_message(e))
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()) \
-            or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e).lower()):
-        first = (str(e).splitlines() or ["MemoryError"])[0][:200]
-        return OneLineError(f"out of memory ({first}); use a smaller --batch or a machine with more memory")
-    first = (str(e).splitlines() or [""])[0][:200]
-    return OneLineError(f"internal error ({type(e).__name__}: {first}); rerun with {DEBUG_ENV}=1 for the "
-                        f"traceback and report it")
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and
+                                          ("out of memory" in text or "can't allocate memory" in text))
 
 
-def _guard(fn, *args):
+def _one_line(invoke, ctx):
     if debug():
-        return fn(*args)
+        return invoke(ctx)  # main()'s last resort prints the traceback, then the one line
     try:
-        return fn(*args)
-    except _NO_ARGS_HELP:
-        raise  # a bare group or command: click prints its help
-    except BaseException as e:  # noqa: BLE001 - this is the boundary
-        if isinstance(e, SystemExit):
+        return invoke(ctx)
+    except MsfError as e:
+        exc = click.ClickException(one_line(e) or type(e).__name__)
+        exc.exit_code = getattr(e, "exit_code", 1)  # e.g. 130: training stopped by Ctrl-C after saving
+        raise exc from None
+    except OSError as e:
+        if e.errno is None:
             raise
-        mapped = one_line(e)
-        if mapped is None:
+        raise click.ClickException(_os_message(e)) from None
+    except (RuntimeError, MemoryError) as e:
+        if not _is_oom(e):
             raise
-        _close_progress_bars()
-        raise mapped from None
+        raise click.ClickException(f"out of memory ({first_line(e)[:200]}); use a smaller --batch or a machine "
+                                   f"with more memory") from None
+
+
+def _said() -> None:
+    """Tell the supervisor (if any) that this process has printed its error line."""
+    fd = os.environ.get(_REPORT_FD)
+    if fd:
+        try:
+            os.write(int(fd), b"1")
+        except (OSError, ValueError):
+            pass
 
 
 def _close_progress_bars() -> None:
     """Finish any progress bar now, so that the error line is the last thing on stderr."""
-    import sys
-
     tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
     for bar in list(getattr(tqdm, "_instances", None) or []):
         try:
@@ -104,26 +109,122 @@ def _close_progress_bars() -> None:
             pass
 
 
-class MsfCommand(click.Command):
-    """A click command whose every error (parsing included) is one line, see module docstring."""
+def _fail(message: str, code: int = 1) -> int:
+    _close_progress_bars()
+    click.echo(f"Error: {one_line(message)}", err=True)
+    _said()
+    return code
 
-    def make_context(self, info_name, args, parent=None, **extra):
-        return _guard(super().make_context, info_name, args, parent, **extra)
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def supervise(prog: str) -> int | None:
+    """Run this very command line again in a child and report an end Python could not report.
+
+    Returns the exit code to use, or None when this process is the one that should do the work
+    (already supervised, disabled, or no way to re-run the command line)."""
+    if os.environ.get(_REPORT_FD) or os.environ.get("MSF_NO_SUPERVISOR") == "1":
+        return None
+    argv = list(getattr(sys, "orig_argv", []))
+    if not argv:
+        return None
+    argv[0] = sys.executable
+    r, w = os.pipe()
+    env = {**os.environ, _REPORT_FD: str(w)}
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
+    try:
+        child = subprocess.Popen(argv, env=env, pass_fds=(w,))
+        os.close(w)
+        # A launcher (torchrun, a job scheduler) that stops us must stop the work too.
+        old_term = signal.signal(signal.SIGTERM, lambda num, frame: child.send_signal(num))
+        try:
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+    os.set_blocking(r, False)
+    try:
+        reported = bool(os.read(r, 16))
+    except (BlockingIOError, OSError):
+        reported = False
+    os.close(r)
+    if code == 0 or reported:
+        return code if code >= 0 else 1
+    if code < 0:
+        name = _signal_name(-code)
+        why = {"SIGKILL": "killed from outside, often by the kernel's out-of-memory killer: free memory or "
+                          "use a smaller --batch",
+               "SIGINT": "interrupted"}.get(name, "a crash in native code (torch, a compiled kernel or a driver); "
+                                                  "the Python stack above shows where")
+        click.echo(f"Error: {prog} died from {name}: {why}", err=True)
+        return 128 + (-code)
+    click.echo(f"Error: {prog} exited with status {code} without a message (a library called exit); "
+               f"rerun with MSF_NO_SUPERVISOR=1 MSF_TRACEBACK=1 to see more", err=True)
+    return code
+
+
+class _OneLineMain:
+    """`main()` for click commands: supervisor, then the command with every failure as one line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that handles exceptions itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        prog = prog_name or self.name or "msf"
+        if args is None:  # a real command line (not click's test runner, which passes args)
+            code = supervise(prog)
+            if code is not None:
+                sys.exit(code)
+        import faulthandler
+
+        try:
+            faulthandler.enable()  # a native crash prints the Python stack before dying
+            sys.stdout.reconfigure(line_buffering=True)  # lines printed before a crash are not lost
+        except (AttributeError, ValueError, OSError):
+            pass
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_HELP as e:  # a bare group: click shows its help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:  # click prints usage + hint + error: keep the error, say where help is
+            hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            sys.exit(_fail(f"{e.format_message()}{hint}", e.exit_code))
+        except click.ClickException as e:
+            sys.exit(_fail(e.format_message() or type(e).__name__, e.exit_code))
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(_fail("interrupted", 130))
+        except SystemExit as e:  # sys.exit() somewhere below: make sure a failure says something
+            if e.code is None or e.code == 0:
+                raise
+            if isinstance(e.code, str):
+                sys.exit(_fail(e.code))
+            sys.exit(_fail(f"{prog} stopped with status {e.code}", int(e.code)))
+        except Exception as e:  # noqa: BLE001 - the last resort: one line, the traceback on request
+            if debug():
+                import traceback
+
+                traceback.print_exc()
+            sys.exit(_fail(f"{type(e).__name__}: {first_line(e)} (unexpected; MSF_TRACEBACK=1 prints the traceback)"))
+        if isinstance(rv, int) and rv != 0:  # ctx.exit(code) in non-standalone mode returns the code
+            sys.exit(_fail(f"{prog} stopped with status {rv}", rv))
+        sys.exit(0)
+
+
+class MsfGroup(_OneLineMain, click.Group):
+    """A click group whose commands report `MsfError` as `Error: <message>` with exit code 1."""
 
     def invoke(self, ctx):
-        return _guard(super().invoke, ctx)
+        return _one_line(super().invoke, ctx)
 
 
-class MsfGroup(click.Group):
-    """The same for a group and all its subcommands."""
-
-    command_class = MsfCommand
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        return _guard(super().make_context, info_name, args, parent, **extra)
+class MsfCommand(_OneLineMain, click.Command):
+    """The same for a single command (msf-run)."""
 
     def invoke(self, ctx):
-        return _guard(super().invoke, ctx)
-
-
-MsfGroup.group_class = MsfGroup
+        return _one_line(super().invoke, ctx)

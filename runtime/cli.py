@@ -91,6 +91,22 @@ def write_png(path: Path, array) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def peak_memory_line(dev) -> str:
+    """Peak memory of this process so far: GPU bytes allocated by torch (weights, activations, graph
+    pools) and the CPU's peak resident set. Edge users choose engines by these (issue #11)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    line = f"peak memory: CPU RSS {rss_mib:.0f} MiB"
+    if dev.type == "cuda":
+        import torch
+
+        line += f", GPU {torch.cuda.max_memory_allocated(dev) / (1 << 20):.0f} MiB allocated by torch"
+    return line
+
+
 # ---- the command -------------------------------------------------------------------------------
 @click.command(cls=MsfCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--class", "class_ids", default="330", show_default=True,
@@ -116,7 +132,10 @@ def write_png(path: Path, array) -> None:
               help="auto = cuda when available.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Denoiser precision (torch backend; fp16 on CUDA only). The VAE decodes in fp32.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the torch engines (slow first call).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoisers (torch backend; the first "
+              "call compiles, tens of seconds per stage). With CUDA it runs inside the cascade's CUDA graph.")
+@click.option("--compile-mode", type=click.Choice(["default", "max-autotune-no-cudagraphs"]), default=None,
+              help="torch.compile mode (implies --compile) [default: default; see docs/RUNTIME.md].")
 @click.option("--cuda-graph/--no-cuda-graph", "cuda_graph", default=None,
               help="Capture the whole cascade in one CUDA graph and replay it [default: on with CUDA].")
 @click.option("--out", default="img.png", show_default=True, type=click.Path(path_type=Path),
@@ -124,7 +143,7 @@ def write_png(path: Path, array) -> None:
 @click.option("--save-scales", is_flag=True,
               help="Also write OUT.scale<i>.png: the decoded accumulation after each scale (paper Fig. 2c).")
 def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, backend, device, dtype, compile_,
-         cuda_graph, out, save_scales):
+         compile_mode, cuda_graph, out, save_scales):
     """Generate class-conditional images with an MSF cascade: scale 0 from noise, each further
     scale a residual conditioned on the accumulated latent (Algorithm 3), then the VAE decoder.
 
@@ -170,7 +189,7 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
         cfgs = engines.cascade_configs(model_dir)
         sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
         sampler.check_classes(cfgs, classes)
-    stages, decoder = engines.load_cascade(model_dir, backend, dev, dtype, compile_)
+    stages, decoder = engines.load_cascade(model_dir, backend, dev, dtype, compile_mode or compile_)
     cfgs = [c for c, _ in stages]
     plan = sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
     sampler.check_classes(cfgs, classes)
@@ -196,7 +215,9 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
             write_png(scale_path(out, i), to_grid(img, ncol))
             written.append(scale_path(out, i))
     prefix = f"[{backend} {dev.type}{' graph' if runner.mode == 'graph' else ''}]"
-    for line in sampler.timing_lines(result, len(y)):
+    lines = sampler.timing_lines(result, len(y))
+    lines[-1] += f"; {peak_memory_line(dev)}"  # the total line ends with the peak memory
+    for line in lines:
         click.echo(f"{prefix} {line}", err=True)
     if runner.mode == "graph":
         click.echo(f"{prefix} graph capture (once per batch size and plan): {runner.capture_s:.3f} s", err=True)
