@@ -138,7 +138,12 @@ def supervise(prog: str) -> int | None:
     env = {**os.environ, _REPORT_FD: str(w)}
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
     try:
-        child = subprocess.Popen(argv, env=env, pass_fds=(w,))
+        try:
+            child = subprocess.Popen(argv, env=env, pass_fds=(w,))
+        except OSError:  # cannot start a child (e.g. not allowed to exec the interpreter): run here
+            os.close(r)
+            os.close(w)
+            return None
         os.close(w)
         # A launcher (torchrun, a job scheduler) that stops us must stop the work too.
         old_term = signal.signal(signal.SIGTERM, lambda num, frame: child.send_signal(num))
