@@ -123,6 +123,18 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
+def _die_with_parent() -> None:
+    """In the child (Linux): get SIGKILL when the supervisor dies, so that `kill -9` of the command
+    stops the work too (an orphaned child would keep training and hold the output folder's lock)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def supervise(prog: str) -> int | None:
     """Run this very command line again in a child and report an end Python could not report.
 
@@ -139,7 +151,7 @@ def supervise(prog: str) -> int | None:
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
     try:
         try:
-            child = subprocess.Popen(argv, env=env, pass_fds=(w,))
+            child = subprocess.Popen(argv, env=env, pass_fds=(w,), preexec_fn=_die_with_parent)
         except OSError:  # cannot start a child (e.g. not allowed to exec the interpreter): run here
             os.close(r)
             os.close(w)
