@@ -561,20 +561,11 @@ def assemble_cascade(out, stages: list, vae) -> Path:
     """Copy stage folders (weights + config only, no training state) and a VAE folder into a cascade
     folder that msf-run and msf-export read. The stages must form one cascade in scale order, and each
     stage must have been trained on latents of this VAE (its config records the VAE identity)."""
-    from msf_train.checkpoint import WEIGHTS_FILE, check_cascade, load_stage_config, write_cascade
-    from msf_train.vae import same_vae, vae_identity, weights_file
+    from msf_train.checkpoint import WEIGHTS_FILE, write_cascade
+    from msf_train.vae import weights_file
 
     out = Path(out)
-    vae_id = vae_identity(vae)
-    metas = [load_stage_config(s) for s in stages]
-    check_cascade([c for c, _ in metas])
-    for s, (c, meta) in zip(stages, metas):
-        rec = meta.get("vae")
-        if rec is None:
-            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train")
-        if not same_vae(rec, vae_id):
-            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
-                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    metas = check_assembly(stages, vae)
     names = []
     for s, (c, _) in zip(stages, metas):
         name = f"scale{c.scale_index}"
@@ -582,6 +573,25 @@ def assemble_cascade(out, stages: list, vae) -> Path:
         names.append(name)
     _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
     return write_cascade(out, names, "vae")
+
+
+def check_assembly(stages: list, vae) -> list[tuple[ModelConfig, dict]]:
+    """The stages' (config, meta) once they form one cascade in scale order whose latents came from ``vae``."""
+    from msf_train.checkpoint import check_cascade, load_stage_config
+    from msf_train.vae import same_vae, vae_identity
+
+    vae_id = vae_identity(vae)
+    metas = [load_stage_config(s) for s in stages]
+    check_cascade([c for c, _ in metas])
+    for s, (c, meta) in zip(stages, metas):
+        rec = meta.get("vae")
+        if rec is None:
+            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train "
+                           "(or, for an imported DiT, import it again with --vae)")
+        if not same_vae(rec, vae_id):
+            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
+                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    return metas
 
 
 def _copy_files(src: Path, dst: Path, names: list[str]) -> None:
