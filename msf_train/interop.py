@@ -304,7 +304,8 @@ def write_diffusers_cascade(out, stages: list, vae) -> list[Path]:
 def import_dit(src, out, vae=None, heads: int | None = None, parameterization: str | None = None) -> Path:
     """A DiT checkpoint (facebookresearch `.pt`) or diffusers folder -> an msf stage folder at ``out``,
     or, with a VAE folder (or a DiTPipeline folder's own vae/), a one-stage cascade folder
-    (out/scale0, out/vae, out/cascade.json) that msf-run and msf-export take as they are."""
+    (out/scale0, out/vae, out/cascade.json) that msf-run and msf-export take as they are.
+    Returns the stage folder written."""
     from msf_train.checkpoint import sha256_file
     from msf_train.train import _copy_files
     from msf_train.vae import vae_identity, weights_file
@@ -330,10 +331,10 @@ def import_dit(src, out, vae=None, heads: int | None = None, parameterization: s
         meta["vae"] = vae_identity(vae)  # the user vouches that these latents are this VAE's
     stage = out / "scale0" if vae is not None else out
     save_stage(stage, ours, cfg, **meta)
-    if vae is None:
-        return stage
-    _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
-    return write_cascade(out, ["scale0"], "vae")
+    if vae is not None:
+        _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+        write_cascade(out, ["scale0"], "vae")
+    return stage
 
 
 def describe(path) -> str:
