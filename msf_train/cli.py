@@ -16,11 +16,12 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup
+from msf_train.cliutil import MsfGroup, version_option
 from msf_train.config import PRESETS, get_preset
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-train")
 def main():
     """Train MSF models: one DiT per scale (Algorithm 1 targets, Algorithm 2 priors, Eq. 5 loss).
 
