@@ -42,6 +42,7 @@ from msf_train.checkpoint import (CONFIG_FILE, atomic_save_safetensors, atomic_w
                                   atomic_write_json, read_json, save_stage)
 from msf_train.config import ModelConfig, get_preset
 from msf_train.errors import MsfError
+from msf_train.labels import share_label_gradients
 
 STATE_DIR = "state"
 LATEST = "latest.json"
@@ -167,6 +168,7 @@ class TrainOptions:
     ema: float = 0.9999
     grad_clip: float = 1.0
     label_dropout: float = 0.1
+    label_sharing: str = "none"  # "shapes": class rows share attribute gradients (msf_train/labels.py)
     save_every: int = 1000
     log_every: int = 50
     resume: bool = False
@@ -366,6 +368,7 @@ class Stepper:
         self.cfg, self.opts, self.device, self.dist = cfg, opts, device, dist or Dist()
         torch.manual_seed(opts.seed)
         self.raw = build_model(cfg, device).train()
+        share_label_gradients(self.raw.y_embedder.weight, opts.label_sharing)
         self.ema = {k: v.detach().clone().float() for k, v in self.raw.state_dict().items()}
         self.opt = torch.optim.AdamW(self.raw.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
                                      betas=(0.9, 0.999))
@@ -491,7 +494,8 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
     stage_extra = {"vae": cache.vae, "cache": {"path": str(cache.folder.resolve()), "count": cache.count,
                                                "data": cache.meta.get("data", {}).get("kind")},
                    "training": {"stage": opts.stage, "batch": opts.batch, "lr": opts.lr, "ema": opts.ema,
-                                "time_sampling": opts.time_sampling, "seed": opts.seed, "world_size": dist.world}}
+                                "time_sampling": opts.time_sampling, "label_sharing": opts.label_sharing,
+                                "seed": opts.seed, "world_size": dist.world}}
     logf = None
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)

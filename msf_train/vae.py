@@ -169,11 +169,13 @@ def build_vae(widths=DEMO_WIDTHS, latent_channels: int = 4, sample_size: int = 1
 
 
 @torch.no_grad()
-def measure_latent_stats(vae, batches, generator: torch.Generator | None = None) -> dict:
+def measure_latent_stats(vae, batches, generator: torch.Generator | None = None, border: int = 4) -> dict:
     """Encode image batches (in [-1, 1]) with the raw VAE (no scaling) and return the latents' mean
-    and std over all elements, plus the reconstruction PSNR (dB, from the posterior mode)."""
-    n, s, s2, se = 0, 0.0, 0.0, 0.0
-    npix = 0
+    and std over all elements, the reconstruction PSNR (dB, from the posterior mode) and the ratio of
+    the squared error on a `border`-pixel frame to that of the interior (halos and corner artifacts
+    show as a ratio well above 1)."""
+    n, s, s2 = 0, 0.0, 0.0
+    se_edge, se_in, n_edge, n_in = 0.0, 0.0, 0, 0
     for x in batches:
         dist = vae.encode(x).latent_dist
         z = dist.sample(generator).double()
@@ -181,23 +183,31 @@ def measure_latent_stats(vae, batches, generator: torch.Generator | None = None)
         s += z.sum().item()
         s2 += (z * z).sum().item()
         rec = vae.decode(dist.mode()).sample.clamp(-1, 1)
-        se += ((rec.double() - x.double()) ** 2).sum().item()
-        npix += x.numel()
+        se = (rec.double() - x.double()) ** 2  # (B, 3, H, W)
+        frame = torch.ones(se.shape[-2:], dtype=torch.bool, device=se.device)
+        frame[border:-border, border:-border] = False
+        se_edge += se[..., frame].sum().item()
+        se_in += se[..., ~frame].sum().item()
+        n_edge += se[..., frame].numel()
+        n_in += se[..., ~frame].numel()
     mean = s / n
     std = math.sqrt(max(s2 / n - mean * mean, 1e-24))
-    mse = se / npix * 0.25  # images in [-1, 1]: a range of 2
-    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+    mse = (se_edge + se_in) / (n_edge + n_in) * 0.25  # images in [-1, 1]: a range of 2
+    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            "border_to_interior": (se_edge / n_edge) / max(se_in / n_in, 1e-24)}
 
 
 def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
-              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, classes=None, seed: int = 0,
+              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
+              init=None, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
               show_progress: bool = True, max_minutes: float | None = None) -> dict:
     """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
     measured on the data: scaling_factor = 1 / std of the raw latents.
 
-    Loss: L1 reconstruction + kl_weight * KL, with the KL summed over latent elements and the L1 over
-    pixels, both per image (SD's VAE weighting, kl_weight 1e-6). AdamW, gradient clipping at 1,
+    Loss: L1 reconstruction (+ mse_weight * squared error) + kl_weight * KL, with the KL summed over
+    latent elements and the L1 over pixels, both per image (SD's VAE weighting, kl_weight 1e-6).
+    ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one. AdamW, gradient clipping at 1,
     bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
     `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
     import time
@@ -215,7 +225,12 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
     classes = list(range(data.NUM_CLASSES)) if classes is None else list(classes)
     torch.manual_seed(seed)
-    vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
+    if init is not None:
+        vae = load_vae(init, dev).train()
+        widths = tuple(vae.config.block_out_channels)
+        mid_attention = bool(getattr(vae.config, "mid_block_add_attention", True))
+    else:
+        vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     workers = default_workers() if workers is None else workers
@@ -239,9 +254,10 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
         with autocast(dev):
             dist = vae.encode(x).latent_dist
             rec = vae.decode(dist.sample(gen)).sample
-        l1 = (rec.float() - x).abs().mean()
+        err = rec.float() - x
+        l1 = err.abs().mean()
         kl = dist.kl().float().mean() / x[0].numel()  # KL summed over the latent, per pixel
-        loss = l1 + kl_weight * kl
+        loss = l1 + kl_weight * kl + (mse_weight * err.square().mean() if mse_weight else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -278,10 +294,11 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     save_vae(vae, out)
     save_reconstructions(vae, next(batches())[:8], out / "reconstructions.png")
     summary = {"steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop, "widths": list(widths),
-               "mid_attention": mid_attention,
-               "kl_weight": kl_weight, "classes": len(classes), "seed": seed, "device": str(dev),
+               "mid_attention": mid_attention, "init": str(init) if init is not None else None,
+               "kl_weight": kl_weight, "mse_weight": mse_weight, "classes": len(classes), "seed": seed, "device": str(dev),
                "params": n_params, "train_wall_s": train_wall, "final_loss": log.last.get("loss"),
                "latent_mean": stats["mean"], "latent_std": stats["std"], "psnr_db": stats["psnr"],
+               "border_to_interior_mse": stats["border_to_interior"],
                "scaling_factor": vae.config.scaling_factor, "scale_images": len(pick)}
     atomic_write_json(out / "training.json", summary)
     return summary
