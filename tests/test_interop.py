@@ -223,26 +223,41 @@ def test_dit_xl2_shaped_reference_maps_key_for_key_on_the_meta_device():
 
 
 # ---- an imported DiT end to end: msf-run and ONNX ----------------------------------------------
-def test_imported_reference_dit_samples_with_msf_run_and_exports_to_onnx(tmp_path):
+XL = dict(num_attention_heads=16, attention_head_dim=72, num_layers=28, sample_size=32, num_embeds_ada_norm=1000)
+
+
+@pytest.mark.parametrize("size", ["tiny", pytest.param("xl", marks=pytest.mark.slow)])
+def test_imported_reference_dit_samples_with_msf_run_and_exports_to_onnx(tmp_path, size):
+    """The DiT-XL/2 shape (`-m slow`: 675M random weights, ~3 GB on disk twice) or a tiny one in CI."""
     from msf_export.export import export_cascade, resolve_options
     from runtime.engines import load_cascade
     from runtime.sampler import make_plan, sample
 
-    dit = use_reference_time_features(diffusers_dit(norm_eps=1e-6))
-    torch.save(reference_state_dict(dit, 4), tmp_path / "dit.pt")
+    kw = {"norm_eps": 1e-6, **(XL if size == "xl" else {})}
+    dit = use_reference_time_features(diffusers_dit(**kw))
+    grid = dit.config.sample_size // 2
+    torch.save(reference_state_dict(dit, grid), tmp_path / "dit.pt")
     vae = write_random_vae(tmp_path / "sd-vae")
-    r = msf_train("import-dit", tmp_path / "dit.pt", "--heads", "2", "--vae", vae, "--out", tmp_path / "dit")
+    heads = ["--heads", "2"] if size == "tiny" else []  # XL: from the width, as for the released file
+    r = msf_train("import-dit", tmp_path / "dit.pt", *heads, "--vae", vae, "--out", tmp_path / "dit")
     assert r.returncode == 0, r.stderr
     assert "eps-ddpm" in r.stdout and read_cascade(tmp_path / "dit")[0][0].name == "scale0"
+    cfg, ours = load_stage(tmp_path / "dit" / "scale0")
+    assert cfg.name == ("dit-xl/2" if size == "xl" else "dit-d2-w32/2")
+    x, tau, y = inputs(4, dit.config.sample_size, batch=1)
+    with torch.no_grad():  # the same function as diffusers' DiT with the reference's time features
+        assert torch.allclose(ours.predict(x, tau[1:2] / 1000, y[:1]),
+                              dit(x, timestep=tau[1:2], class_labels=y[:1]).sample[:, :4], atol=1e-5)
+    del dit, ours
     run = subprocess.run([sys.executable, "-m", "runtime.cli", "--model", tmp_path / "dit", "--class", "3,7",
-                          "--steps", "4", "--out", tmp_path / "img.png", "--device", "cpu"],
-                         capture_output=True, text=True, timeout=300)
+                          "--steps", "4" if size == "tiny" else "2", "--out", tmp_path / "img.png", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "img.png").read_bytes()[:4] == b"\x89PNG"
     res = export_cascade(tmp_path / "dit", tmp_path / "onnx", resolve_options("onnx", batch=(1, 2, 4)), progress=False)
     assert res.manifest["stages"][0]["config"]["parameterization"] == "eps-ddpm"
     assert res.manifest["stages"][0]["parity"]["max_abs"] < 1e-3  # the conversion is inside the graph
-    plan = make_plan([get_preset("tiny/dit").replace(num_classes=10)], [4], [1.5])
+    plan = make_plan([cfg], [2], [1.5])
     images = [sample(*load_cascade(tmp_path / name, backend), [3, 7], seeds=0, plan=plan).image
               for name, backend in (("dit", "torch"), ("onnx", "onnx"))]
     assert (images[0] - images[1]).abs().max() < 1e-3
