@@ -109,6 +109,22 @@ def write_png(path: Path, array) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def peak_memory_line(dev) -> str:
+    """Peak memory of this process so far: GPU bytes allocated by torch (weights, activations, graph
+    pools) and the CPU's peak resident set. Edge users choose engines by these (issue #11)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    line = f"peak memory: CPU RSS {rss_mib:.0f} MiB"
+    if dev.type == "cuda":
+        import torch
+
+        line += f", GPU {torch.cuda.max_memory_allocated(dev) / (1 << 20):.0f} MiB allocated by torch"
+    return line
+
+
 # ---- the command -------------------------------------------------------------------------------
 @click.command(cls=MsfCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("msf-run")
@@ -135,7 +151,10 @@ def write_png(path: Path, array) -> None:
               help="auto = cuda when available.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Denoiser precision (torch backend; fp16 on CUDA only). The VAE decodes in fp32.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the torch engines (slow first call).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoisers (torch backend; the first "
+              "call compiles, tens of seconds per stage). With CUDA it runs inside the cascade's CUDA graph.")
+@click.option("--compile-mode", type=click.Choice(["default", "max-autotune-no-cudagraphs"]), default=None,
+              help="torch.compile mode (implies --compile) [default: default; see docs/RUNTIME.md].")
 @click.option("--cuda-graph/--no-cuda-graph", "cuda_graph", default=None,
               help="Capture the whole cascade in one CUDA graph and replay it [default: on with CUDA].")
 @click.option("--out", default=None, type=click.Path(path_type=Path),
@@ -147,7 +166,7 @@ def write_png(path: Path, array) -> None:
 @click.option("--save-scales", is_flag=True,
               help="Also write OUT.scale<i>.png: the decoded accumulation after each scale (paper Fig. 2c).")
 def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, backend, device, dtype, compile_,
-         cuda_graph, out, out_dir, quiet, save_scales):
+         compile_mode, cuda_graph, out, out_dir, quiet, save_scales):
     """Generate class-conditional images with an MSF cascade: scale 0 from noise, each further
     scale a residual conditioned on the accumulated latent (Algorithm 3), then the VAE decoder.
 
@@ -194,7 +213,7 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
         cfgs = engines.cascade_configs(model_dir)
         sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
         sampler.check_classes(cfgs, classes)
-    pipe = Pipeline.load(model_dir, backend, dev, dtype, compile_)
+    pipe = Pipeline.load(model_dir, backend, dev, dtype, compile_mode or compile_)
     plan = pipe.plan(steps, cfg_list, solver, shift)
     sampler.check_classes(pipe.cfgs, classes)
 
@@ -225,7 +244,9 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
         prefix = f"[{backend} {dev.type}{' graph' if gen.mode == 'graph' else ''}]"
         if gen.chunks > 1:
             click.echo(f"{prefix} {len(y)} images in {gen.chunks} chunks (the artifacts' batch range)", err=True)
-        for line in sampler.timing_lines(gen.as_result(), len(y)):
+        lines = sampler.timing_lines(gen.as_result(), len(y))
+        lines[-1] += f"; {peak_memory_line(dev)}"  # the total line ends with the peak memory
+        for line in lines:
             click.echo(f"{prefix} {line}", err=True)
         if gen.mode == "graph":
             click.echo(f"{prefix} graph capture (once per batch size and plan): {gen.capture_s:.3f} s", err=True)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The shipped demo weights, reproduced on a 2-core CPU in about 100 minutes of wall time, in the
+# The shipped demo weights, reproduced on a 2-core CPU in about 90 minutes of wall time, in the
 # background under `nice` so that other work goes on (see MODEL_CARD.md). Every step is a plain
 # msf-train / msf-eval command with a wall-clock budget (--max-minutes stops training and saves).
 #
 #   1. VAE fine-tune (full 128 px images, L1 + squared error) || the shapes classifier   (one core each)
-#   2. latent cache: 1000 classes x PER_CLASS images, both scales                          (two cores)
+#   2. latent cache: 1000 classes x PER_CLASS images, both scales (one thread: under a loaded CPU two spin-wait)
 #   3. lane A: scale 0, then scale 1 (M minutes each) || lane B: the DiT (2 M minutes)     (one core each)
 #      Both lanes run single-threaded side by side for the same wall time: matched training compute
 #      between MSF (scale 0 + scale 1) and the DiT baseline (MODEL_CARD.md reports the MACs of each).
@@ -13,14 +13,14 @@
 # Killed? Run it again: finished steps are skipped, the denoisers continue from their last
 # checkpoint (--resume). Afterwards: python scripts/pack_demo.py $WORK $WORK/pack, then copy
 # $WORK/pack/{demo,demo-msf,demo-dit} to runtime/weights/ and $WORK/pack/shapes-classifier to msf_eval/weights/.
-#   WORK=/tmp/msf-demo-cpu M=30 nice -n 10 bash scripts/train_demo_cpu.sh
+#   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
-M=${M:-30}                   # minutes per scale; the DiT gets 2 * M
+M=${M:-20}                   # minutes per scale; the DiT gets 2 * M
 VAE_MIN=${VAE_MIN:-25}
 CLF_MIN=${CLF_MIN:-25}
-PER_CLASS=${PER_CLASS:-24}
+PER_CLASS=${PER_CLASS:-12}
 INIT_VAE=${INIT_VAE:-runtime/weights/demo/vae}   # fine-tune the previous demo VAE ("" = train from scratch)
 T=${MSF_TRAIN:-msf-train}
 E=${MSF_EVAL:-msf-eval}
@@ -43,7 +43,7 @@ tail -n 3 "$W/vae.log" "$W/classifier.log" || true
 [ -f "$W/vae/config.json" ] && [ -f "$W/classifier/classifier.json" ] || { echo "vae or classifier failed: see $W/*.log"; exit 1; }
 
 stamp "cache (1000 classes x $PER_CLASS images)"
-[ -f "$W/cache/index.json" ] || $T cache --vae "$W/vae" --data shapes --out "$W/cache" --scales 12,16 --classes 1000 \
+[ -f "$W/cache/index.json" ] || one $T cache --vae "$W/vae" --data shapes --out "$W/cache" --scales 12,16 --classes 1000 \
   --per-class "$PER_CLASS" --device cpu --workers 1
 
 train() {  # stage minutes; a stage that finished (train.json written) is not trained again
