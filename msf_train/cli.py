@@ -7,15 +7,17 @@ The demo recipe end to end (scripts/train_demo.sh runs it):
     msf-train scale1 --cache runs/cache --out runs/scale1
     msf-train dit    --cache runs/cache --out runs/dit
     msf-train assemble --out runs/msf --vae runs/vae runs/scale0 runs/scale1
+    msf-train import-dit DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --out runs/dit-xl2   # a released DiT
 Multi-process: torchrun --nproc_per_node N -m msf_train.cli scale0 ... (gloo on CPU, NCCL on GPU).
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup
+from msf_train.cliutil import MsfGroup, version_option
 
 # Option types with ranges: a bad value is one line at parse time, before torch loads.
 POS_INT = click.IntRange(min=1)
@@ -29,6 +31,7 @@ from msf_train.config import PRESETS, get_preset
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-train")
 def main():
     """Train MSF models: one DiT per scale (Algorithm 1 targets, Algorithm 2 priors, Eq. 5 loss).
 
@@ -207,19 +210,56 @@ _train_command("dit", """Train a one-scale DiT baseline on the full latent (no p
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="cascade folder to write")
 @click.option("--vae", "vae_dir", required=True, help="the VAE the stages' latents came from")
+@click.option("--format", "fmt", type=click.Choice(["msf", "diffusers"]), default="msf", show_default=True,
+              help="msf: a cascade folder for msf-run/msf-export; diffusers: each stage as a DiTTransformer2DModel "
+                   "folder (OUT/scale<i>) and the VAE in OUT/vae (msf-train import-dit reads them back)")
 @click.option("--allow-unfinished", is_flag=True, help="assemble stages whose training stopped before its --steps")
 @FORCE
 @click.argument("stages", nargs=-1, required=True)
-def assemble(out, vae_dir, stages, allow_unfinished, force):
+def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
     """Make a cascade folder (msf-run --model OUT) from stage folders in scale order and a VAE.
 
     Only weights and configs are copied; each stage must record this VAE as its latents' source.
     """
+    if fmt == "diffusers":
+        from msf_train.interop import write_diffusers_cascade
+
+        written = write_diffusers_cascade(out, list(stages), vae_dir)
+        click.echo(f"diffusers folders {', '.join(map(str, written))} + {out}/vae "
+                   "(DiTTransformer2DModel.from_pretrained loads each)")
+        return
     from msf_train.train import assemble_cascade
 
     assemble_cascade(out, list(stages), vae_dir, force=force, allow_unfinished=allow_unfinished,
                      log=lambda m: click.echo(m, err=True))
     click.echo(f"cascade {out}: {', '.join(stages)} + {vae_dir}")
+
+
+@main.command("import-dit")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="stage folder to write; with a VAE, a one-stage cascade folder (OUT/scale0, OUT/vae)")
+@click.option("--vae", "vae_dir", default=None, type=click.Path(path_type=Path),
+              help="diffusers VAE folder the DiT's latents come from (sd-vae-ft-ema for the released DiTs); "
+                   "default: SOURCE/vae for a DiTPipeline folder, else none (a bare stage folder)")
+@click.option("--heads", default=None, type=click.IntRange(min=1),
+              help="attention heads (.pt files do not record them; default from the width: DiT-S/B/L/XL)")
+@click.option("--parameterization", default=None, type=click.Choice(["eps-ddpm", "velocity"]),
+              help="what the network predicts [default: eps-ddpm, as the released DiTs; a folder written by "
+                   "msf-train assemble --format diffusers records its own]")
+def import_dit(source, out, vae_dir, heads, parameterization):
+    """Import a released DiT: a facebookresearch/DiT .pt (DiT-XL-2-256x256.pt) or a diffusers
+    DiTTransformer2DModel / DiTPipeline folder, as an msf stage that samples like ours.
+
+    \b
+    msf-train import-dit DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --out runs/dit-xl2
+    msf-run --model runs/dit-xl2 --class 207 --steps 100 --cfg 1.5 --out dog.png
+    """
+    from msf_train.interop import describe, import_dit as run_import
+
+    stage = run_import(source, out, vae_dir, heads, parameterization)
+    what = "cascade folder" if stage != out else "stage folder (add --vae for a cascade)"
+    click.echo(f"imported {source} -> {out}, {what}: {describe(stage)}")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,27 @@ class MsfCommand(_OneLineMain, click.Command):
 
     def invoke(self, ctx):
         return _one_line(super().invoke, ctx)
+
+
+
+def msf_version() -> str:
+    """The installed package's version (msf_train.__version__ when running from an uninstalled tree)."""
+    try:
+        from importlib.metadata import version
+
+        return version("msf")
+    except Exception:  # not installed
+        from msf_train import __version__
+
+        return __version__
+
+
+def version_option(prog: str):
+    """`--version` for every msf CLI, looked up only when asked for (no cost at start-up)."""
+    def show(ctx, _param, value):
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog} {msf_version()}")
+            ctx.exit()
+
+    return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="Show the version and exit.")

@@ -623,27 +623,15 @@ def assemble_cascade(out, stages: list, vae, *, force: bool = False, allow_unfin
     folder that msf-run and msf-export read. The stages must form one cascade in scale order, each
     stage must have been trained on latents of this VAE (its config records the VAE identity) and
     have finished its planned steps (or stopped by its --max-minutes budget, which is said)."""
-    from msf_train.checkpoint import WEIGHTS_FILE, check_cascade, load_stage_config, write_cascade
-    from msf_train.vae import same_vae, vae_identity, weights_file
+    from msf_train.checkpoint import WEIGHTS_FILE, write_cascade
+    from msf_train.vae import weights_file
 
     out = Path(out)
-    sources = [Path(s) for s in stages] + [Path(vae)]
-    for src in sources:  # writing into a source would destroy the input while it is being read
-        a, b = out.resolve(), src.resolve()
-        if a == b or a in b.parents or b in a.parents:
-            raise MsfError(f"--out {out} overlaps the input {src}: write the cascade to a folder of its own")
-    vae_id = vae_identity(vae)
-    metas = [load_stage_config(s) for s in stages]
-    check_cascade([c for c, _ in metas])
-    for s, (c, meta) in zip(stages, metas):
-        rec = meta.get("vae")
-        if rec is None:
-            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train")
-        if not same_vae(rec, vae_id):
-            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
-                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    check_no_overlap(out, [*stages, vae])
+    metas = check_assembly(stages, vae)
+    for s, (_, meta) in zip(stages, metas):
         _check_finished(Path(s), meta, allow_unfinished, log)
-    key = {"stages": [str(p.resolve()) for p in sources[:-1]], "vae": str(sources[-1].resolve())}
+    key = {"stages": [str(Path(p).resolve()) for p in stages], "vae": str(Path(vae).resolve())}
     with outdir.claim(out, "msf-train assemble", key, force, recognise=_is_legacy_cascade):
         names = []
         for s, (c, _) in zip(stages, metas):
@@ -652,6 +640,14 @@ def assemble_cascade(out, stages: list, vae, *, force: bool = False, allow_unfin
             names.append(name)
         _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
         return write_cascade(out, names, "vae")
+
+
+def check_no_overlap(out: Path, sources: list) -> None:
+    """Writing into an input (or an input into the output) would destroy it while it is being read."""
+    for src in map(Path, sources):
+        a, b = Path(out).resolve(), src.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise MsfError(f"--out {out} overlaps the input {src}: write the cascade to a folder of its own")
 
 
 def _check_finished(stage: Path, meta: dict, allow_unfinished: bool, log) -> None:
@@ -694,6 +690,25 @@ def _is_legacy_cascade(folder: Path) -> bool:
     ours = set(meta["stages"]) | {meta["vae"], CASCADE_FILE}
     return meta["vae"] == "vae" and all(s.startswith("scale") for s in meta["stages"]) \
         and set(outdir.user_entries(folder)) <= ours
+
+
+def check_assembly(stages: list, vae) -> list[tuple[ModelConfig, dict]]:
+    """The stages' (config, meta) once they form one cascade in scale order whose latents came from ``vae``."""
+    from msf_train.checkpoint import check_cascade, load_stage_config
+    from msf_train.vae import same_vae, vae_identity
+
+    vae_id = vae_identity(vae)
+    metas = [load_stage_config(s) for s in stages]
+    check_cascade([c for c, _ in metas])
+    for s, (c, meta) in zip(stages, metas):
+        rec = meta.get("vae")
+        if rec is None:
+            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train "
+                           "(or, for an imported DiT, import it again with --vae)")
+        if not same_vae(rec, vae_id):
+            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
+                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    return metas
 
 
 def _copy_files(src: Path, dst: Path, names: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -19,10 +20,18 @@ from msf_train.errors import MsfError
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # e.g. stabilityai/sd-vae-ft-ema
+
+
 def vae_class_name(folder) -> str:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not folder.is_dir():
+        if HUB_ID.fullmatch(str(folder)) and not folder.exists():
+            raise MsfError(f"VAE folder not found: {folder} looks like a Hugging Face hub id, and msf reads local folders "
+                           f"only; where there is network, run huggingface-cli download {folder} --local-dir "
+                           f"{folder.name} (or AutoencoderKL.from_pretrained('{folder}').save_pretrained('{folder.name}')) "
+                           f"and pass --vae {folder.name}")
         raise MsfError(f"VAE folder not found: {folder}")
     if not cfg_path.is_file():
         raise MsfError(f"{folder} is not a diffusers VAE folder (no config.json); save one with save_pretrained()")
@@ -40,9 +49,15 @@ def vae_class_name(folder) -> str:
 
 def load_vae(folder, device="cpu", dtype=torch.float32):
     """Load a VAE folder offline (no hub access), in eval mode."""
-    import diffusers
+    name = vae_class_name(folder)
+    # The module, not the `diffusers` package namespace: nothing else of diffusers is needed to decode.
+    if name == "AutoencoderKL":
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL as cls
+    else:
+        from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny as cls
+    from diffusers.utils import logging as dlogging
 
-    cls = getattr(diffusers, vae_class_name(folder))
+    dlogging.set_verbosity_error()  # loader chatter (accelerate hints) is not for msf's users
     try:
         vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     except Exception as e:  # diffusers/safetensors raise many types for damaged or mismatched files

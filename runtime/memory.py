@@ -36,14 +36,16 @@ def decoder_chunk(decoder, images: int) -> int:
 
 
 def sampling_bytes(cfgs, cfg_scales, images: int, width: int = 3, chunk: int | None = None,
-                   save_scales: bool = False) -> int:
-    """Lower bound in bytes for sampling `images` images in one call (see the module docstring)."""
+                   save_scales: bool = False, per_call: int | None = None) -> int:
+    """Lower bound in bytes for sampling `images` images, `per_call` of them per sampling call
+    (default all), the decoder taking `chunk` latents at a time (see the module docstring)."""
+    per_call = per_call or images
     full = cfgs[0].full_size * 8  # pixels (f8 VAE)
     image = images * 3 * full * full * F32
     outputs = image * (1 + (len(cfgs) if save_scales else 0)) + image // F32  # + the uint8 grid
-    denoise = max((images * (1 if w == 1.0 else 2)) * c.num_tokens * int(c.mlp_ratio * c.hidden_size) * F32
+    denoise = max((per_call * (1 if w == 1.0 else 2)) * c.num_tokens * int(c.mlp_ratio * c.hidden_size) * F32
                   for c, w in zip(cfgs, cfg_scales))
-    decode = 2 * (chunk or images) * width * full * full * F32
+    decode = 2 * min(chunk or per_call, per_call) * width * full * full * F32
     return outputs + max(denoise, decode)
 
 
@@ -60,14 +62,15 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(stages, decoder, images: int, plan, save_scales: bool, device: torch.device) -> None:
-    """Refuse in one line, with the figure, a sampling call that cannot fit in free memory."""
+def check_memory(stages, decoder, images: int, plan, save_scales: bool, device: torch.device,
+                 per_call: int | None = None) -> None:
+    """Refuse in one line, with the figure, a request that cannot fit in free memory."""
     cfgs = [c for c, _ in stages]
     need = sampling_bytes(cfgs, plan.cfg, images, decoder_width(decoder), decoder_chunk(decoder, images),
-                          save_scales)
+                          save_scales, per_call)
     have = available_bytes(device)
     if have is None or need <= have:
         return
     fits = max(1, math.floor(images * have / need))
-    raise MsfError(f"{images} image(s) in one call need at least {need / 2 ** 30:.1f} GiB but {device.type} has "
-                   f"{have / 2 ** 30:.1f} GiB free: sample at most about {fits} image(s) per call (lower --batch)")
+    raise MsfError(f"{images} image(s) need at least {need / 2 ** 30:.1f} GiB but {device.type} has "
+                   f"{have / 2 ** 30:.1f} GiB free: ask for at most about {fits} image(s) (lower --batch)")
