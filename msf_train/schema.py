@@ -164,6 +164,12 @@ def model_config(obj, path, prefix: str = "model.", fix: str = "re-create the fo
         residual_scale=f.get("residual_scale", float, lo=1e-12, hi=1e12),
     )
     vals["scale_sizes"] = tuple(f.int_list("scale_sizes", increasing=True))
+    # Fields added after format 1 was fixed: optional (older files lack them), typed by their default;
+    # ModelConfig itself checks their values (e.g. the parameterization's choices).
+    for fl in dataclasses.fields(ModelConfig):
+        if fl.name not in vals and fl.name in obj and fl.default is not dataclasses.MISSING:
+            kind = type(fl.default)
+            vals[fl.name] = f.get(fl.name, float if kind is float else kind)
     if vals["scale_index"] >= len(vals["scale_sizes"]):
         f.fail("scale_index", f"is {vals['scale_index']} but scale_sizes has {len(vals['scale_sizes'])} entries")
     try:

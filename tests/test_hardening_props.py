@@ -121,6 +121,15 @@ def test_valid_documents_are_accepted(tmp_path):
         READERS[kind](schema.load(path), path)  # and really accepted
 
 
+def test_every_model_config_field_round_trips(tmp_path):
+    """No field is dropped on the way in (a dropped field would silently take its default)."""
+    cfg = get_preset("tiny/scale1")
+    other = cfg.replace(residual_scale=0.25, **({"parameterization": "eps-ddpm"}
+                                                 if hasattr(cfg, "parameterization") else {}))
+    path = tmp_path / "config.json"
+    assert schema.model_config(other.to_dict(), path) == other
+
+
 # ---- random command lines ----------------------------------------------------------------------
 # Each command points at an input that does not exist, so whatever the options say nothing runs long;
 # the property: parse and validate every option, and fail in one line without touching any file.
