@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "runtime" / "weights" / "demo-msf"
 STEPS = "10,5"
-ROUNDS = 3
+ROUNDS = 5
 THREADS = os.environ.get("MSF_BENCH_THREADS", str(max(1, min(2, os.cpu_count() or 1))))
 TOTAL = re.compile(r"total: ([\d.]+) s for (\d+) image\(s\); engine calls ([\d.]+) s")
 RESULTS: dict = {"latency": {}, "startup": {}}
@@ -110,7 +110,7 @@ def test_native_vs_python_latency(benchmark, native, demo_aoti, tmp_path, batch)
     assert row["native"]["overhead"] > 0
 
 
-def test_startup_to_first_image(benchmark, native, demo_aoti, tmp_path):
+def test_startup_to_first_image(benchmark, native, demo_aoti, tmp_path, work):
     cmds = runners(native, demo_aoti, "--class", 330, "--steps", "1,1")
     got = {}
     benchmark.pedantic(lambda: got.update(alternate(cmds, tmp_path)), rounds=1, iterations=1)

@@ -122,13 +122,15 @@ int run(int argc, char** argv) {
   check_cascade(cfgs);
   const Plan plan = make_plan(cfgs, o.steps, o.cfg, o.solver, o.shift);
   check_classes(cfgs, o.classes);
-  std::vector<long> y;  // class-major: one grid row per class
-  for (long c : o.classes)
-    for (long j = 0; j < o.batch; ++j) y.push_back(c);
-  const long B = static_cast<long>(y.size());
+  // The batch range first, so an absurd --batch is refused before anything is allocated for it.
+  if (o.batch > (1L << 30)) manifest.check_batch(manifest.stages().front(), o.batch);  // far past any export
+  const long B = static_cast<long>(o.classes.size()) * o.batch;
   for (size_t i = 0; i < cfgs.size(); ++i)  // CFG doubles the batch a denoiser sees
     manifest.check_batch(manifest.stages()[i], plan.cfg[i] == 1.0 ? B : 2 * B);
   manifest.check_batch(manifest.decoder(), std::min<long>(B, manifest.decoder().batch.max));  // it chunks above
+  std::vector<long> y;  // class-major: one grid row per class
+  for (long c : o.classes)
+    for (long j = 0; j < o.batch; ++j) y.push_back(c);
   std::vector<uint64_t> seeds;
   for (long j = 0; j < B; ++j) {
     if (o.seed > UINT64_MAX - static_cast<uint64_t>(j)) throw MsfError("--seed is too large: seed + image index must fit 64 bits");
@@ -144,6 +146,7 @@ int run(int argc, char** argv) {
     stages.push_back({cfgs[i], engines.back().get()});
   }
   AotiEngine decoder(manifest, manifest.decoder(), dev);
+  warm_up_ops(cfgs, dev);
   const double load_s = since(t_load);
 
   bool use_graph = o.cuda_graph.value_or(dev.is_cuda());

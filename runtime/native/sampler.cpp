@@ -56,8 +56,10 @@ Plan make_plan(const std::vector<StageConfig>& cfgs, const std::optional<std::ve
   if (cfg.size() != n)
     throw MsfError("--cfg has " + std::to_string(cfg.size()) + " value(s) but the cascade has " + stages +
                    ": give one per stage, e.g. --cfg " + py::join(dcfg, ","));
-  for (long s : steps)
-    if (s < 1 || s > 1000000) throw MsfError("steps must be whole numbers >= 1, got " + std::to_string(s));
+  for (long s : steps) {
+    if (s < 1) throw MsfError("steps must be whole numbers >= 1, got " + std::to_string(s));
+    if (s > 1000000) throw MsfError("steps must be at most 1000000 per stage, got " + std::to_string(s));
+  }
   for (double w : cfg)
     if (!std::isfinite(w) || w < 0)
       throw MsfError("CFG scales must be finite and >= 0 (1 = no guidance), got " + py::repr(w));
@@ -115,6 +117,14 @@ std::vector<at::Tensor> time_grids(const Plan& plan, c10::Device device) {
 at::Tensor resize(const at::Tensor& x, int size) {
   if (x.size(-2) == size && x.size(-1) == size) return x;
   return at::upsample_bilinear2d(x, {size, size}, /*align_corners=*/false, std::nullopt, std::nullopt);
+}
+
+void warm_up_ops(const std::vector<StageConfig>& cfgs, c10::Device device) {
+  const std::vector<at::Tensor> z = make_noise(cfgs, {0, 1}, device);  // (2, C, h_i, w_i)
+  const at::Tensor ts = time_grid(2, 2.0, device);
+  at::Tensor x = z.front().add(ts[1].sub(ts[0]).mul(z.front()));
+  x = at::cat({x, x}).narrow(0, 0, 2).mul(1.5);
+  resize(x, cfgs.back().latent_size + 1);
 }
 
 // ---- timing -----------------------------------------------------------------------------------------------

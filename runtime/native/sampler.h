@@ -55,6 +55,11 @@ at::Tensor resize(const at::Tensor& x, int size);
 // Wait for the device's queued work (a no-op on the CPU).
 void synchronize(c10::Device device);
 
+// Run each ATen op the sampler uses once on tiny tensors: their one-time set-up (kernel dispatch,
+// the generator, the upsample kernel) then happens while loading, as Python's does at import, and
+// the sampling time holds the sampling only.
+void warm_up_ops(const std::vector<StageConfig>& cfgs, c10::Device device);
+
 // ---- timing -----------------------------------------------------------------------------------------
 struct StageTiming {
   std::string name, detail;
