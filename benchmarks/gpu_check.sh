@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue: benchmarks). Writes $OUT/gpu_check.json and prints a summary.
-#   bash benchmarks/gpu_check.sh            # on a CUDA machine, paper presets, < 8 min on an H100
-#   bash benchmarks/gpu_check.sh --dry-run  # anywhere: tiny presets, proves every code path
-# Needs torch (+CUDA), diffusers and this repository on PYTHONPATH; nothing is downloaded.
+# gpu_check alone (scripts/gpu_all.sh runs it with everything else). Writes $OUT/gpu_check.json.
+#   bash benchmarks/gpu_check.sh            # CUDA: paper presets, sections fit --budget-s (default 360 s)
+#   bash benchmarks/gpu_check.sh --dry-run  # anywhere: tiny presets, every section, plus the H100 prediction
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

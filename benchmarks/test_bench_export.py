@@ -28,7 +28,7 @@ import pytest
 import torch
 
 STEPS = {"msf-demo": [10, 5], "dit-demo": [10]}
-CASCADE_OF = {"msf-demo": "demo", "dit-demo": "demo-dit"}  # msf_export.gpu_selftest.CASCADES
+CASCADE_OF = {"msf-demo": "demo", "dit-demo": "demo-dit"}  # benchmarks.gpu_selftest.CASCADES
 BACKENDS = ["torch", "onnx", "aoti"]
 # AOTInductor compiles C++ for minutes on 2 cores: opt-in with -m slow, so the default run stays short.
 BACKEND_PARAMS = ["torch", "onnx", pytest.param("aoti", marks=pytest.mark.slow)]
@@ -44,7 +44,7 @@ def work(tmp_path_factory) -> Path:
 
 
 def model_dir(work: Path, cascade: str) -> Path:
-    from msf_export.gpu_selftest import make_cascade
+    from benchmarks.gpu_selftest import make_cascade
 
     return make_cascade(CASCADE_OF[cascade], work / "models" / cascade)
 

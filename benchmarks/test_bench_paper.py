@@ -10,6 +10,9 @@ the analytic multiply-add ratios (2.15 and 5.4). Achieved GFLOP/s per preset exp
 The ONNX exports of the three presets (~3.6 GB together) are cached under `.benchmarks/onnx-cache`
 (override: MSF_BENCH_CACHE), so only the first run pays the ~4 minutes of export.
 Run: `pytest benchmarks/test_bench_paper.py --benchmark-only` (the ratios print at the end).
+With the released DiT-XL/2 imported (`msf-train import-dit DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --out
+runs/dit-xl2`), `MSF_BENCH_DIT=runs/dit-xl2 pytest benchmarks/test_bench_paper.py --benchmark-only` times
+its real weights (DDPM-eps -> velocity conversion included) in place of the random dit-xl/2.
 """
 from __future__ import annotations
 
@@ -29,10 +32,23 @@ CACHE = Path(os.environ.get("MSF_BENCH_CACHE", Path(__file__).resolve().parents[
 BACKENDS = ("torch", "onnx")
 
 
+# The released DiT-XL/2 instead of random weights: MSF_BENCH_DIT=<folder from `msf-train import-dit`>.
+# Its forward then includes the DDPM-eps -> velocity conversion, as everything sampling it does.
+RELEASED_DIT = os.environ.get("MSF_BENCH_DIT")
+
+
 @pytest.fixture(scope="module", params=list(PRESETS))
 def preset(request):
     from runtime.cascade import random_model_state
 
+    if request.param == "dit-xl/2" and RELEASED_DIT:
+        from msf_train.checkpoint import load_stage, read_cascade
+
+        folder = Path(RELEASED_DIT)
+        cfg, model = load_stage(read_cascade(folder)[0][0] if (folder / "cascade.json").is_file() else folder)
+        if (cfg.depth, cfg.hidden_size, cfg.latent_size) != (28, 1152, 32):
+            pytest.exit(f"MSF_BENCH_DIT={folder} holds {cfg.name}, not a DiT-XL/2 at 256 px", returncode=2)
+        return cfg.replace(name="dit-xl/2"), model.requires_grad_(False)
     cfg = get_preset(request.param)
     model = build_model(cfg)
     model.load_state_dict(random_model_state(cfg, seed=0))
@@ -44,7 +60,7 @@ def _onnx_session(cfg, model):
 
     from msf_export.onnx import export_onnx
 
-    folder = CACHE / f"{cfg.name.replace('/', '_')}-fp32"
+    folder = CACHE / f"{cfg.name.replace('/', '_')}-fp32{'-' + cfg.parameterization if cfg.parameterization != 'velocity' else ''}"
     if not (folder / "model.onnx").exists():
         inputs, outputs = export_contract(cfg)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup
+from msf_train.cliutil import MsfGroup, version_option
 from msf_train.errors import MsfError
 
 ROOT = Path(__file__).resolve().parent
@@ -34,6 +34,7 @@ def parse_class_spec(spec: str) -> list[int]:
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-eval")
 def main():
     """Evaluate MSF / DiT cascades on the procedural shapes dataset.
 
@@ -53,8 +54,10 @@ def main():
 @click.option("--solver", default="euler", type=click.Choice(["euler", "heun"]), show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch", default=64, show_default=True, help="Images per sampling call.")
-@click.option("--backend", default=None, help="torch|onnx|aoti|trt (default: from the folder).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnx", "aoti", "trt"]), default=None,
+              help="Engine backend [default: the artifact manifest's engine, or torch for checkpoints].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto = cuda when available.")
 @click.option("--classifier", "classifier_dir", type=click.Path(path_type=Path), default=DEFAULT_CLASSIFIER,
               show_default=True)
 @click.option("--extractor", default="effnet", type=click.Choice(["effnet", "inception"]), show_default=True,
@@ -69,7 +72,9 @@ def run(model_dir, classes, per_class, steps, cfg_scales, solver, seed, batch, b
     from msf_eval.evaluate import evaluate
     from msf_train.checkpoint import atomic_write_json
     from runtime.cli import parse_list
+    from runtime.engines import resolve_device
 
+    device = str(resolve_device(device))  # the classifier and the cascade run on the same device
     res = evaluate(model_dir, parse_class_spec(classes), per_class, classifier_dir=classifier_dir,
                    steps=parse_list(steps, int, "--steps"), cfg=parse_list(cfg_scales, float, "--cfg"),
                    solver=solver, seed=seed, batch=batch, backend=backend, device=device, extractor=extractor,
@@ -84,12 +89,16 @@ def run(model_dir, classes, per_class, steps, cfg_scales, solver, seed, batch, b
 @click.option("--steps", default=3000, show_default=True)
 @click.option("--batch", default=128, show_default=True)
 @click.option("--size", default=128, show_default=True, help="Image side in pixels (the demo's full scale).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto = cuda when available.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers rendering shapes.")
 @click.option("--max-minutes", default=None, type=float, help="Stop training after this many minutes.")
 def classifier(out, steps, batch, size, device, workers, max_minutes):
     """Train the shapes attribute classifier and report its held-out accuracy."""
     from msf_eval.classifier import train_classifier
+    from runtime.engines import resolve_device
+
+    device = str(resolve_device(device))
 
     acc = train_classifier(out, size=size, steps=steps, batch=batch, device=device, workers=workers, max_minutes=max_minutes,
                            log=lambda s: click.echo(s, err=True))

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup
+from msf_train.cliutil import MsfGroup, version_option
 from msf_train.errors import MsfError
 
 
 @click.group(cls=MsfGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-export")
 @click.option("--engine", type=click.Choice(["onnx", "trt", "aoti"]), help="Artifact kind: ONNX graph (onnxruntime), "
               "TensorRT plan (FP16, strongly typed; needs a GPU), AOTInductor .pt2 package.")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),

@@ -7,17 +7,21 @@ The demo recipe end to end (scripts/train_demo.sh runs it):
     msf-train scale1 --cache runs/cache --out runs/scale1
     msf-train dit    --cache runs/cache --out runs/dit
     msf-train assemble --out runs/msf --vae runs/vae runs/scale0 runs/scale1
+    msf-train import-dit DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --out runs/dit-xl2   # a released DiT
 Multi-process: torchrun --nproc_per_node N -m msf_train.cli scale0 ... (gloo on CPU, NCCL on GPU).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from msf_train.cliutil import MsfGroup
+from msf_train.cliutil import MsfGroup, version_option
 from msf_train.config import PRESETS, get_preset
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-train")
 def main():
     """Train MSF models: one DiT per scale (Algorithm 1 targets, Algorithm 2 priors, Eq. 5 loss).
 
@@ -76,6 +80,10 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--mid-attention/--no-mid-attention", default=True, show_default=True,
               help="self-attention in the encoder's and decoder's mid blocks")
 @click.option("--kl", "kl_weight", default=1e-6, show_default=True, help="KL weight (SD's per-image weighting)")
+@click.option("--mse", "mse_weight", default=0.0, show_default=True,
+              help="weight of a squared-error term added to the L1 loss (PSNR is a squared error)")
+@click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="start from this VAE folder (fine-tune; --widths and --mid-attention are then its own)")
 @click.option("--classes", default=None, help="shapes classes: a count (20) or ids/ranges (0,5,10-19); default all 1000")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=None, type=int, help="DataLoader workers rendering images (default: cores - 1, <= 12)")
@@ -83,8 +91,8 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--max-minutes", default=None, type=float, help="stop training after this many minutes (then save)")
 @click.option("--log-every", default=50, show_default=True)
 @_device_option
-def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, classes, seed, workers, scale_images,
-        max_minutes, log_every, device):
+def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, classes, seed,
+        workers, scale_images, max_minutes, log_every, device):
     """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
 
     Saves it in the save_pretrained layout with scaling_factor = 1 / std of its latents on the data;
@@ -94,11 +102,12 @@ def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, cla
     from msf_train.vae import train_vae
 
     s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
-                  mid_attention=mid_attention, kl_weight=kl_weight,
+                  mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
                   classes=parse_classes(classes), seed=seed, device=device, workers=workers,
                   scale_images=scale_images, log_every=log_every, max_minutes=max_minutes)
     click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.4f}, "
-               f"PSNR {s['psnr_db']:.1f} dB, scaling_factor {s['scaling_factor']:.5g}, {s['train_wall_s']:.0f} s")
+               f"PSNR {s['psnr_db']:.1f} dB (border/interior error {s['border_to_interior_mse']:.2f}), "
+               f"scaling_factor {s['scaling_factor']:.5g}, {s['train_wall_s']:.0f} s")
 
 
 @main.command()
@@ -140,6 +149,9 @@ def _train_command(stage: str, summary: str):
     @click.option("--resume", is_flag=True, help="continue from OUT's last checkpoint (or start if it has none)")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--time-sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "logit_normal"]))
+    @click.option("--label-sharing", default="none", show_default=True, type=click.Choice(["none", "shapes"]),
+                  help="shapes: each class row of the label table also learns from every class with the same "
+                       "shape, palette or texture (the table stays a plain DiT table; msf_train/labels.py)")
     @click.option("--vae", "vae_dir", default=None, help="check that the cache was made with this VAE")
     @click.option("--residual-scale", default=None,
                   help="residual scales: 'auto' (1/std of the targets, measured on the cache) or a number; "
@@ -149,7 +161,7 @@ def _train_command(stage: str, summary: str):
                   help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
     @_device_option
     def command(preset, cache_dir, out, steps, batch, lr, warmup, ema, save_every, log_every, resume, seed,
-                time_sampling, vae_dir, residual_scale, compile_, max_minutes, device):
+                time_sampling, label_sharing, vae_dir, residual_scale, compile_, max_minutes, device):
         get_preset(preset)  # a typo fails here, before torch loads
         from msf_train.train import TrainOptions, train
 
@@ -161,7 +173,8 @@ def _train_command(stage: str, summary: str):
                                          param_hint="--residual-scale") from None
         s = train(TrainOptions(stage=stage, preset=preset, cache=cache_dir, out=out, steps=steps, batch=batch, lr=lr,
                                warmup=warmup, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
-                               seed=seed, time_sampling=time_sampling, device=device, vae=vae_dir,
+                               seed=seed, time_sampling=time_sampling, label_sharing=label_sharing,
+                               device=device, vae=vae_dir,
                                residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes),
                   log=click.echo)
         if s.get("final_loss") is not None:
@@ -179,16 +192,53 @@ _train_command("dit", """Train a one-scale DiT baseline on the full latent (no p
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="cascade folder to write")
 @click.option("--vae", "vae_dir", required=True, help="the VAE the stages' latents came from")
+@click.option("--format", "fmt", type=click.Choice(["msf", "diffusers"]), default="msf", show_default=True,
+              help="msf: a cascade folder for msf-run/msf-export; diffusers: each stage as a DiTTransformer2DModel "
+                   "folder (OUT/scale<i>) and the VAE in OUT/vae (msf-train import-dit reads them back)")
 @click.argument("stages", nargs=-1, required=True)
-def assemble(out, vae_dir, stages):
+def assemble(out, vae_dir, stages, fmt):
     """Make a cascade folder (msf-run --model OUT) from stage folders in scale order and a VAE.
 
     Only weights and configs are copied; each stage must record this VAE as its latents' source.
     """
+    if fmt == "diffusers":
+        from msf_train.interop import write_diffusers_cascade
+
+        written = write_diffusers_cascade(out, list(stages), vae_dir)
+        click.echo(f"diffusers folders {', '.join(map(str, written))} + {out}/vae "
+                   "(DiTTransformer2DModel.from_pretrained loads each)")
+        return
     from msf_train.train import assemble_cascade
 
     assemble_cascade(out, list(stages), vae_dir)
     click.echo(f"cascade {out}: {', '.join(stages)} + {vae_dir}")
+
+
+@main.command("import-dit")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="stage folder to write; with a VAE, a one-stage cascade folder (OUT/scale0, OUT/vae)")
+@click.option("--vae", "vae_dir", default=None, type=click.Path(path_type=Path),
+              help="diffusers VAE folder the DiT's latents come from (sd-vae-ft-ema for the released DiTs); "
+                   "default: SOURCE/vae for a DiTPipeline folder, else none (a bare stage folder)")
+@click.option("--heads", default=None, type=click.IntRange(min=1),
+              help="attention heads (.pt files do not record them; default from the width: DiT-S/B/L/XL)")
+@click.option("--parameterization", default=None, type=click.Choice(["eps-ddpm", "velocity"]),
+              help="what the network predicts [default: eps-ddpm, as the released DiTs; a folder written by "
+                   "msf-train assemble --format diffusers records its own]")
+def import_dit(source, out, vae_dir, heads, parameterization):
+    """Import a released DiT: a facebookresearch/DiT .pt (DiT-XL-2-256x256.pt) or a diffusers
+    DiTTransformer2DModel / DiTPipeline folder, as an msf stage that samples like ours.
+
+    \b
+    msf-train import-dit DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --out runs/dit-xl2
+    msf-run --model runs/dit-xl2 --class 207 --steps 100 --cfg 1.5 --out dog.png
+    """
+    from msf_train.interop import describe, import_dit as run_import
+
+    stage = run_import(source, out, vae_dir, heads, parameterization)
+    what = "cascade folder" if stage != out else "stage folder (add --vae for a cascade)"
+    click.echo(f"imported {source} -> {out}, {what}: {describe(stage)}")
 
 
 if __name__ == "__main__":

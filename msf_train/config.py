@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from msf_train.errors import MsfError
 
 VAE_FACTOR = 8  # SD-VAE and the demo VAE both downsample by 8 (f8)
+PARAMETERIZATIONS = ("velocity", "eps-ddpm")  # see msf_train/parameterization.py
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class ModelConfig:
     scale_sizes: tuple[int, ...] = (32,)
     # Residual targets are small; the model learns target / residual_scale (1.0 = none).
     residual_scale: float = 1.0
+    # What the network predicts (msf_train/parameterization.py): "velocity" (ours, Eq. 5) or
+    # "eps-ddpm" (an imported DiT: DDPM noise, linear betas 1e-4..0.02 over 1000 steps), converted to
+    # a velocity inside the model's forward so samplers, exports and CUDA graphs see one contract.
+    parameterization: str = "velocity"
+    # Imported architectures that differ from ours in two numerical details: diffusers' DiT computes
+    # its timestep frequencies as 10000^(-k / (128 - 1)) (downscale_freq_shift = 1; ours and the
+    # reference DiT's: shift 0), and its MLP LayerNorm uses the folder's norm_eps (1e-5 by default).
+    time_freq_shift: int = 0
+    mlp_norm_eps: float = 1e-6
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -45,6 +55,10 @@ class ModelConfig:
             raise MsfError(f"{self.name}: latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}")
         if self.scale_sizes[self.scale_index] != self.latent_size:
             raise MsfError(f"{self.name}: scale_sizes[{self.scale_index}] must equal latent_size {self.latent_size}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise MsfError(f"{self.name}: unknown parameterization {self.parameterization!r}; use one of {', '.join(PARAMETERIZATIONS)}")
+        if self.time_freq_shift not in (0, 1):
+            raise MsfError(f"{self.name}: time_freq_shift must be 0 (DiT) or 1 (diffusers), got {self.time_freq_shift}")
         if self.has_prior != (self.scale_index > 0):
             raise MsfError(f"{self.name}: scale {self.scale_index} must {'' if self.scale_index else 'not '}take a prior")
 

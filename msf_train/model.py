@@ -5,7 +5,8 @@ One narrow interface for all scales and the baseline: ``v = model(x, t, y, prior
 - ``y``: class ids, (B,), int64, the null class is ``num_classes``;
 - ``prior``: for scale i > 0, the accumulated latent of scales < i downsampled to h_i (Algorithm 2/3),
   (B, C, h_i, w_i); the model sees ``concat(x, prior)`` on channels (DESIGN.md section 2).
-- returns the rectified-flow velocity (Eq. 5-6), (B, C, h_i, w_i).
+- returns the rectified-flow velocity (Eq. 5-6), (B, C, h_i, w_i); a network that predicts DDPM
+  noise (an imported DiT, `ModelConfig.parameterization`) is converted inside `forward`.
 
 Architecture as in DiT (Peebles & Xie): patch embedding, fixed 2D sin-cos positions, timestep and
 label embedders summed into the conditioning vector, transformer blocks whose LayerNorms are
@@ -30,10 +31,15 @@ TIME_SCALE = 1000.0  # the timestep embedder sees 1000 * t, as DiT's integer tim
 TIME_FREQ_DIM = 256
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of ``TIME_SCALE * t``: (B,) -> (B, dim), computed in float32."""
+def timestep_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: float = 10000.0,
+                       freq_shift: int = 0) -> torch.Tensor:
+    """Sinusoidal features of ``TIME_SCALE * t``: (B,) -> (B, dim), computed in float32.
+
+    Frequencies ``max_period^(-k / (half - freq_shift))``: shift 0 is DiT's (and ours), shift 1 is
+    diffusers' DiT (``downscale_freq_shift=1``), kept for imported diffusers folders (`ModelConfig`).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - freq_shift))
     args = (TIME_SCALE * t.float())[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
@@ -64,12 +70,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, freq_shift: int = 0):
         super().__init__()
+        self.freq_shift = freq_shift
         self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(t).to(self.mlp[0].weight.dtype)  # (B, 256)
+        freq = timestep_embedding(t, freq_shift=self.freq_shift).to(self.mlp[0].weight.dtype)  # (B, 256)
         return self.mlp(freq)  # (B, D)
 
 
@@ -89,11 +96,11 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, heads)
-        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=mlp_norm_eps)
         inner = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
@@ -126,13 +133,20 @@ class DiT(nn.Module):
         self.cfg = cfg
         D, p = cfg.hidden_size, cfg.patch_size
         self.x_embedder = nn.Conv2d(cfg.input_channels, D, kernel_size=p, stride=p)
-        self.t_embedder = TimestepEmbedder(D)
+        self.t_embedder = TimestepEmbedder(D, cfg.time_freq_shift)
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, D)  # last row: the null class
         grid = cfg.latent_size // p
         # Fixed positions are a buffer, not a parameter: derived from the config, never trained or saved.
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)  # (1, N, D)
-        self.blocks = nn.ModuleList(DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, cfg.mlp_norm_eps) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(D, p, cfg.out_channels)
+        # A network that predicts something else (an imported DiT's DDPM noise) is converted to a
+        # velocity here, inside the forward, so every backend and export sees v (parameterization.py).
+        self.to_velocity = None
+        if cfg.parameterization == "eps-ddpm":
+            from msf_train.parameterization import EpsDDPMToVelocity
+
+            self.to_velocity = EpsDDPMToVelocity()
         if self.pos_embed.device.type != "meta":  # a meta model has no values to initialise
             self.initialize_weights()
 
@@ -165,6 +179,13 @@ class DiT(nn.Module):
         return x.reshape(x.shape[0], C, g * p, g * p)  # (B, C, h, w)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, prior: torch.Tensor | None = None):
+        """The velocity at (x, t) whatever the network predicts (see `predict`)."""
+        if self.to_velocity is None:
+            return self.predict(x, t, y, prior)
+        return self.to_velocity(self.predict, x, t, y, prior)  # (B, C, h, w)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, prior: torch.Tensor | None = None):
+        """The network's own output: the velocity, or for an "eps-ddpm" stage DDPM noise at step 1000 * t."""
         if self.cfg.has_prior:
             if prior is None:
                 raise ValueError(f"{self.cfg.name} is a residual scale: it needs a prior")

@@ -42,6 +42,7 @@ from msf_train.checkpoint import (CONFIG_FILE, atomic_save_safetensors, atomic_w
                                   atomic_write_json, read_json, save_stage)
 from msf_train.config import ModelConfig, get_preset
 from msf_train.errors import MsfError
+from msf_train.labels import share_label_gradients
 
 STATE_DIR = "state"
 LATEST = "latest.json"
@@ -167,6 +168,7 @@ class TrainOptions:
     ema: float = 0.9999
     grad_clip: float = 1.0
     label_dropout: float = 0.1
+    label_sharing: str = "none"  # "shapes": class rows share attribute gradients (msf_train/labels.py)
     save_every: int = 1000
     log_every: int = 50
     resume: bool = False
@@ -366,6 +368,7 @@ class Stepper:
         self.cfg, self.opts, self.device, self.dist = cfg, opts, device, dist or Dist()
         torch.manual_seed(opts.seed)
         self.raw = build_model(cfg, device).train()
+        share_label_gradients(self.raw.y_embedder.weight, opts.label_sharing)
         self.ema = {k: v.detach().clone().float() for k, v in self.raw.state_dict().items()}
         self.opt = torch.optim.AdamW(self.raw.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
                                      betas=(0.9, 0.999))
@@ -491,7 +494,8 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
     stage_extra = {"vae": cache.vae, "cache": {"path": str(cache.folder.resolve()), "count": cache.count,
                                                "data": cache.meta.get("data", {}).get("kind")},
                    "training": {"stage": opts.stage, "batch": opts.batch, "lr": opts.lr, "ema": opts.ema,
-                                "time_sampling": opts.time_sampling, "seed": opts.seed, "world_size": dist.world}}
+                                "time_sampling": opts.time_sampling, "label_sharing": opts.label_sharing,
+                                "seed": opts.seed, "world_size": dist.world}}
     logf = None
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -561,20 +565,11 @@ def assemble_cascade(out, stages: list, vae) -> Path:
     """Copy stage folders (weights + config only, no training state) and a VAE folder into a cascade
     folder that msf-run and msf-export read. The stages must form one cascade in scale order, and each
     stage must have been trained on latents of this VAE (its config records the VAE identity)."""
-    from msf_train.checkpoint import WEIGHTS_FILE, check_cascade, load_stage_config, write_cascade
-    from msf_train.vae import same_vae, vae_identity, weights_file
+    from msf_train.checkpoint import WEIGHTS_FILE, write_cascade
+    from msf_train.vae import weights_file
 
     out = Path(out)
-    vae_id = vae_identity(vae)
-    metas = [load_stage_config(s) for s in stages]
-    check_cascade([c for c, _ in metas])
-    for s, (c, meta) in zip(stages, metas):
-        rec = meta.get("vae")
-        if rec is None:
-            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train")
-        if not same_vae(rec, vae_id):
-            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
-                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    metas = check_assembly(stages, vae)
     names = []
     for s, (c, _) in zip(stages, metas):
         name = f"scale{c.scale_index}"
@@ -582,6 +577,25 @@ def assemble_cascade(out, stages: list, vae) -> Path:
         names.append(name)
     _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
     return write_cascade(out, names, "vae")
+
+
+def check_assembly(stages: list, vae) -> list[tuple[ModelConfig, dict]]:
+    """The stages' (config, meta) once they form one cascade in scale order whose latents came from ``vae``."""
+    from msf_train.checkpoint import check_cascade, load_stage_config
+    from msf_train.vae import same_vae, vae_identity
+
+    vae_id = vae_identity(vae)
+    metas = [load_stage_config(s) for s in stages]
+    check_cascade([c for c, _ in metas])
+    for s, (c, meta) in zip(stages, metas):
+        rec = meta.get("vae")
+        if rec is None:
+            raise MsfError(f"stage {s} does not record which VAE its latents came from; retrain it with msf-train "
+                           "(or, for an imported DiT, import it again with --vae)")
+        if not same_vae(rec, vae_id):
+            raise MsfError(f"stage {s} was trained on latents of another VAE (sha256 {rec.get('sha256', '?')[:12]}) "
+                           f"than {vae} (sha256 {vae_id['sha256'][:12]})")
+    return metas
 
 
 def _copy_files(src: Path, dst: Path, names: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -19,10 +20,18 @@ from msf_train.errors import MsfError
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # e.g. stabilityai/sd-vae-ft-ema
+
+
 def vae_class_name(folder) -> str:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not folder.is_dir():
+        if HUB_ID.fullmatch(str(folder)) and not folder.exists():
+            raise MsfError(f"VAE folder not found: {folder} looks like a Hugging Face hub id, and msf reads local folders "
+                           f"only; where there is network, run huggingface-cli download {folder} --local-dir "
+                           f"{folder.name} (or AutoencoderKL.from_pretrained('{folder}').save_pretrained('{folder.name}')) "
+                           f"and pass --vae {folder.name}")
         raise MsfError(f"VAE folder not found: {folder}")
     if not cfg_path.is_file():
         raise MsfError(f"{folder} is not a diffusers VAE folder (no config.json); save one with save_pretrained()")
@@ -40,9 +49,15 @@ def vae_class_name(folder) -> str:
 
 def load_vae(folder, device="cpu", dtype=torch.float32):
     """Load a VAE folder offline (no hub access), in eval mode."""
-    import diffusers
+    name = vae_class_name(folder)
+    # The module, not the `diffusers` package namespace: nothing else of diffusers is needed to decode.
+    if name == "AutoencoderKL":
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL as cls
+    else:
+        from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny as cls
+    from diffusers.utils import logging as dlogging
 
-    cls = getattr(diffusers, vae_class_name(folder))
+    dlogging.set_verbosity_error()  # loader chatter (accelerate hints) is not for msf's users
     try:
         vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as e:
@@ -154,11 +169,13 @@ def build_vae(widths=DEMO_WIDTHS, latent_channels: int = 4, sample_size: int = 1
 
 
 @torch.no_grad()
-def measure_latent_stats(vae, batches, generator: torch.Generator | None = None) -> dict:
+def measure_latent_stats(vae, batches, generator: torch.Generator | None = None, border: int = 4) -> dict:
     """Encode image batches (in [-1, 1]) with the raw VAE (no scaling) and return the latents' mean
-    and std over all elements, plus the reconstruction PSNR (dB, from the posterior mode)."""
-    n, s, s2, se = 0, 0.0, 0.0, 0.0
-    npix = 0
+    and std over all elements, the reconstruction PSNR (dB, from the posterior mode) and the ratio of
+    the squared error on a `border`-pixel frame to that of the interior (halos and corner artifacts
+    show as a ratio well above 1)."""
+    n, s, s2 = 0, 0.0, 0.0
+    se_edge, se_in, n_edge, n_in = 0.0, 0.0, 0, 0
     for x in batches:
         dist = vae.encode(x).latent_dist
         z = dist.sample(generator).double()
@@ -166,23 +183,31 @@ def measure_latent_stats(vae, batches, generator: torch.Generator | None = None)
         s += z.sum().item()
         s2 += (z * z).sum().item()
         rec = vae.decode(dist.mode()).sample.clamp(-1, 1)
-        se += ((rec.double() - x.double()) ** 2).sum().item()
-        npix += x.numel()
+        se = (rec.double() - x.double()) ** 2  # (B, 3, H, W)
+        frame = torch.ones(se.shape[-2:], dtype=torch.bool, device=se.device)
+        frame[border:-border, border:-border] = False
+        se_edge += se[..., frame].sum().item()
+        se_in += se[..., ~frame].sum().item()
+        n_edge += se[..., frame].numel()
+        n_in += se[..., ~frame].numel()
     mean = s / n
     std = math.sqrt(max(s2 / n - mean * mean, 1e-24))
-    mse = se / npix * 0.25  # images in [-1, 1]: a range of 2
-    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+    mse = (se_edge + se_in) / (n_edge + n_in) * 0.25  # images in [-1, 1]: a range of 2
+    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            "border_to_interior": (se_edge / n_edge) / max(se_in / n_in, 1e-24)}
 
 
 def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
-              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, classes=None, seed: int = 0,
+              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
+              init=None, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
               show_progress: bool = True, max_minutes: float | None = None) -> dict:
     """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
     measured on the data: scaling_factor = 1 / std of the raw latents.
 
-    Loss: L1 reconstruction + kl_weight * KL, with the KL summed over latent elements and the L1 over
-    pixels, both per image (SD's VAE weighting, kl_weight 1e-6). AdamW, gradient clipping at 1,
+    Loss: L1 reconstruction (+ mse_weight * squared error) + kl_weight * KL, with the KL summed over
+    latent elements and the L1 over pixels, both per image (SD's VAE weighting, kl_weight 1e-6).
+    ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one. AdamW, gradient clipping at 1,
     bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
     `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
     import time
@@ -200,7 +225,12 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
     classes = list(range(data.NUM_CLASSES)) if classes is None else list(classes)
     torch.manual_seed(seed)
-    vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
+    if init is not None:
+        vae = load_vae(init, dev).train()
+        widths = tuple(vae.config.block_out_channels)
+        mid_attention = bool(getattr(vae.config, "mid_block_add_attention", True))
+    else:
+        vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     workers = default_workers() if workers is None else workers
@@ -224,9 +254,10 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
         with autocast(dev):
             dist = vae.encode(x).latent_dist
             rec = vae.decode(dist.sample(gen)).sample
-        l1 = (rec.float() - x).abs().mean()
+        err = rec.float() - x
+        l1 = err.abs().mean()
         kl = dist.kl().float().mean() / x[0].numel()  # KL summed over the latent, per pixel
-        loss = l1 + kl_weight * kl
+        loss = l1 + kl_weight * kl + (mse_weight * err.square().mean() if mse_weight else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -263,10 +294,11 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     save_vae(vae, out)
     save_reconstructions(vae, next(batches())[:8], out / "reconstructions.png")
     summary = {"steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop, "widths": list(widths),
-               "mid_attention": mid_attention,
-               "kl_weight": kl_weight, "classes": len(classes), "seed": seed, "device": str(dev),
+               "mid_attention": mid_attention, "init": str(init) if init is not None else None,
+               "kl_weight": kl_weight, "mse_weight": mse_weight, "classes": len(classes), "seed": seed, "device": str(dev),
                "params": n_params, "train_wall_s": train_wall, "final_loss": log.last.get("loss"),
                "latent_mean": stats["mean"], "latent_std": stats["std"], "psnr_db": stats["psnr"],
+               "border_to_interior_mse": stats["border_to_interior"],
                "scaling_factor": vae.config.scaling_factor, "scale_images": len(pick)}
     atomic_write_json(out / "training.json", summary)
     return summary

@@ -1,13 +1,14 @@
 """AOTInductor backend: runs an `msf-export --engine aoti` folder (`.pt2` packages) behind the Engine
 interface. A package holds compiled kernels for one device type (the manifest's "device"); loading
-it elsewhere is refused with one line."""
+it elsewhere is refused with one line, and so is a package built by another torch version (the
+manifest's tools.torch; issue #14 item 8): re-export it with this torch."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from msf_export.aoti import load_aoti
+from msf_export.aoti import check_torch, load_aoti
 from msf_train.errors import MsfError
 from runtime.backend_common import ArtifactEngine, load_artifacts
 
@@ -19,6 +20,7 @@ class AotiEngine(ArtifactEngine):
         if built_for != device.type:
             raise MsfError(f"{path} was compiled for {built_for}, not {device.type}: run it with --device {built_for} "
                            f"or re-export with msf-export --engine aoti --device {device.type}")
+        check_torch((manifest.get("tools") or {}).get("torch"), path)
         self.runner = load_aoti(path, device)
         # The compiled kernels launch on the current stream and allocate through torch's allocator.
         self.capturable = device.type == "cuda"

@@ -24,6 +24,11 @@ class ArtifactEngine(Engine):
         self._entry, self._manifest = entry, manifest
         self.capturable = False  # may runtime.graphs capture it in a CUDA graph? (subclasses say)
 
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch a denoiser artifact takes (callers chunk above it); a decoder chunks itself."""
+        return None if self.kind == "decoder" else int(self._entry.get("batch", self._manifest["batch"])["max"])
+
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:

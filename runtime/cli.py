@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfCommand
+from msf_train.cliutil import MsfCommand, version_option
 from msf_train.errors import MsfError
 
 DEMO_MODEL = Path(__file__).resolve().parent / "weights" / "demo-msf"
@@ -54,6 +55,23 @@ def check_output(out: Path) -> None:
         raise MsfError(f"cannot write --out {out}: {e.strerror or e}") from None
 
 
+def check_out_dir(folder: Path) -> None:
+    """--out-dir must be (or become) a writable folder; checked before sampling."""
+    if folder.exists() and not folder.is_dir():
+        raise MsfError(f"--out-dir {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".msf-run.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise MsfError(f"cannot write into --out-dir {folder}: {e.strerror or e}") from None
+
+
+def image_name(class_id: int, seed: int) -> str:
+    """--out-dir file name of one image: its class and seed, which are all it depends on."""
+    return f"class{class_id}-seed{seed}.png"
+
+
 def scale_path(out: Path, i: int) -> Path:
     """img.png -> img.scale0.png: where --save-scales puts the accumulation after scale i."""
     return out.with_name(f"{out.stem}.scale{i}{out.suffix}")
@@ -91,8 +109,25 @@ def write_png(path: Path, array) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def peak_memory_line(dev) -> str:
+    """Peak memory of this process so far: GPU bytes allocated by torch (weights, activations, graph
+    pools) and the CPU's peak resident set. Edge users choose engines by these (issue #11)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    line = f"peak memory: CPU RSS {rss_mib:.0f} MiB"
+    if dev.type == "cuda":
+        import torch
+
+        line += f", GPU {torch.cuda.max_memory_allocated(dev) / (1 << 20):.0f} MiB allocated by torch"
+    return line
+
+
 # ---- the command -------------------------------------------------------------------------------
 @click.command(cls=MsfCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("msf-run")
 @click.option("--class", "class_ids", default="330", show_default=True,
               help="Class id(s), comma separated, e.g. 330 or 1,2,3; each in [0, num_classes).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -116,15 +151,22 @@ def write_png(path: Path, array) -> None:
               help="auto = cuda when available.")
 @click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Denoiser precision (torch backend; fp16 on CUDA only). The VAE decodes in fp32.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the torch engines (slow first call).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoisers (torch backend; the first "
+              "call compiles, tens of seconds per stage). With CUDA it runs inside the cascade's CUDA graph.")
+@click.option("--compile-mode", type=click.Choice(["default", "max-autotune-no-cudagraphs"]), default=None,
+              help="torch.compile mode (implies --compile) [default: default; see docs/RUNTIME.md].")
 @click.option("--cuda-graph/--no-cuda-graph", "cuda_graph", default=None,
               help="Capture the whole cascade in one CUDA graph and replay it [default: on with CUDA].")
-@click.option("--out", default="img.png", show_default=True, type=click.Path(path_type=Path),
-              help="Output PNG (a grid when there are several images), written atomically.")
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Output PNG (a grid when there are several images), written atomically [default: img.png, "
+                   "unless --out-dir is given].")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also (or only) write one PNG per image into this folder, named class<id>-seed<seed>.png.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no timing lines on stderr.")
 @click.option("--save-scales", is_flag=True,
               help="Also write OUT.scale<i>.png: the decoded accumulation after each scale (paper Fig. 2c).")
 def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, backend, device, dtype, compile_,
-         cuda_graph, out, save_scales):
+         compile_mode, cuda_graph, out, out_dir, quiet, save_scales):
     """Generate class-conditional images with an MSF cascade: scale 0 from noise, each further
     scale a residual conditioned on the accumulated latent (Algorithm 3), then the VAE decoder.
 
@@ -134,8 +176,10 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
       msf-run --model runs/msf --class 1,2,3 --batch 4 --steps 100,50 --cfg 1.4,1.0 --out grid.png
       msf-run --model artifacts/onnx --class 7 --save-scales --out seven.png
 
-    One line per stage goes to stderr: wall time, engine calls and their time; the last line gives
-    the overhead (end-to-end time / time inside engine calls).
+    A progress bar runs on stderr when it is a terminal. Then one line per stage: wall time, engine
+    calls and their time; the last line gives images/s and the overhead (end-to-end time / time
+    inside engine calls). More images than an exported artifact's batch range are sampled in chunks
+    (same images: each depends only on its class and seed).
     """
     classes = parse_list(class_ids, int, "--class")
     steps = parse_list(steps, int, "--steps")
@@ -146,7 +190,12 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
         raise MsfError(f"class id {min(classes)} is negative: class ids start at 0")
     if not (shift > 0 and math.isfinite(shift)):
         raise MsfError(f"--shift must be > 0 (1 = none), got {shift}")
-    check_output(out)
+    if out is None and out_dir is None:
+        out = Path("img.png")
+    if out is not None:
+        check_output(out)
+    if out_dir is not None:
+        check_out_dir(out_dir)
     if model_dir is None:
         if not DEMO_MODEL.is_dir():
             raise MsfError(f"the embedded demo model is not in this install ({DEMO_MODEL}); "
@@ -156,48 +205,52 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
         raise MsfError(f"model folder not found: {model_dir}")
 
     from runtime import engines, sampler  # torch: the slow imports come after the cheap checks
-    from runtime.graphs import CascadeRunner
+    from runtime.pipeline import Pipeline
 
-    try:
-        from diffusers.utils import logging as dlogging
-
-        dlogging.set_verbosity_error()  # keep loader chatter off stderr; it is for the timing lines
-    except ImportError:
-        pass
     dev = engines.resolve_device(device)
     backend = engines.resolve_backend(model_dir, backend)
     if backend == "torch":  # check the plan against the configs before loading weights
         cfgs = engines.cascade_configs(model_dir)
         sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
         sampler.check_classes(cfgs, classes)
-    stages, decoder = engines.load_cascade(model_dir, backend, dev, dtype, compile_)
-    cfgs = [c for c, _ in stages]
-    plan = sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
-    sampler.check_classes(cfgs, classes)
+    pipe = Pipeline.load(model_dir, backend, dev, dtype, compile_mode or compile_)
+    plan = pipe.plan(steps, cfg_list, solver, shift)
+    sampler.check_classes(pipe.cfgs, classes)
 
     y = [c for c in classes for _ in range(batch)]  # class-major: one grid row per class
     use_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph
     if use_graph and dev.type != "cuda":
         click.echo("note: --cuda-graph needs --device cuda; running eager", err=True)
         use_graph = False
-    runner = CascadeRunner(stages, decoder, len(y), plan, save_scales, use_graph=use_graph, warn=False)
-    if runner.reason:
-        click.echo(f"note: CUDA graph off, running eager: {runner.reason}", err=True)
-    result = runner.sample(y, seeds=seed)
+    progress = not quiet and sys.stderr.isatty()
+    gen = pipe.generate(y, seed, plan, save_scales=save_scales, use_graph=use_graph, progress=progress)
 
     ncol = batch if len(classes) > 1 else math.ceil(math.sqrt(len(y)))
-    write_png(out, to_grid(result.image, ncol))
-    written = [out]
-    if save_scales:
-        for i, img in enumerate(result.scales):
-            write_png(scale_path(out, i), to_grid(img, ncol))
-            written.append(scale_path(out, i))
-    prefix = f"[{backend} {dev.type}{' graph' if runner.mode == 'graph' else ''}]"
-    for line in sampler.timing_lines(result, len(y)):
-        click.echo(f"{prefix} {line}", err=True)
-    if runner.mode == "graph":
-        click.echo(f"{prefix} graph capture (once per batch size and plan): {runner.capture_s:.3f} s", err=True)
-    H, W = result.image.shape[-2:]
+    written = []
+    if out is not None:
+        write_png(out, to_grid(gen.image, ncol))
+        written.append(out)
+        if save_scales:
+            for i, img in enumerate(gen.scales):
+                write_png(scale_path(out, i), to_grid(img, ncol))
+                written.append(scale_path(out, i))
+    if out_dir is not None:
+        for k, (c, s) in enumerate(zip(gen.class_ids, gen.seeds)):
+            write_png(out_dir / image_name(c, s), to_grid(gen.image[k:k + 1], 1))
+        written.append(out_dir / "class*-seed*.png")
+    if gen.reason and use_graph:
+        click.echo(f"note: CUDA graph off, running eager: {gen.reason}", err=True)
+    if not quiet:
+        prefix = f"[{backend} {dev.type}{' graph' if gen.mode == 'graph' else ''}]"
+        if gen.chunks > 1:
+            click.echo(f"{prefix} {len(y)} images in {gen.chunks} chunks (the artifacts' batch range)", err=True)
+        lines = sampler.timing_lines(gen.as_result(), len(y))
+        lines[-1] += f"; {peak_memory_line(dev)}"  # the total line ends with the peak memory
+        for line in lines:
+            click.echo(f"{prefix} {line}", err=True)
+        if gen.mode == "graph":
+            click.echo(f"{prefix} graph capture (once per batch size and plan): {gen.capture_s:.3f} s", err=True)
+    H, W = gen.image.shape[-2:]
     click.echo(f"wrote {', '.join(map(str, written))} ({len(y)} image(s) of {W}x{H}, seed {seed})")
 
 

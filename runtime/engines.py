@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import re
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -79,34 +78,64 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
+# torch.compile modes that can sit inside our own whole-cascade CUDA graph (runtime.graphs): the
+# modes with "cudagraphs" in them (reduce-overhead, max-autotune) record graphs of their own, which
+# cannot be nested in an outer capture. "default" is the default: inductor fuses the elementwise
+# work between the matmuls (LayerNorm + modulate, GELU, gating, residual adds), which is where the
+# eager cascade loses its time (issue #11: 220 TFLOP/s of a 767 TFLOP/s matmul ceiling), and keeps
+# cuBLAS for the matmuls, which already run near the ceiling at these shapes. Max-autotune also
+# benchmarks Triton matmul templates per shape: minutes of compiling per preset for a few percent
+# at most; benchmarks/gpu_check.py measures both per forward so the choice can be revisited.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+DEFAULT_COMPILE_MODE = "default"
+
+
+def compile_mode(compile) -> str | None:
+    """``compile`` as given by callers (False/None, True, or a mode name) -> a mode name or None."""
+    if compile is None or compile is False:
+        return None
+    mode = DEFAULT_COMPILE_MODE if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise MsfError(f"unknown torch.compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)} "
+                       "(modes that record their own CUDA graphs cannot run inside the cascade's graph)")
+    return mode
+
+
 class TorchEngine(Engine):
     """A torch module behind the Engine interface, eager or `torch.compile`d.
 
-    Weights are cast to ``dtype``; with bf16/fp16 the call runs under autocast so the precision
-    sensitive ops (LayerNorm, softmax, the float32 timestep features) stay in float32, and outputs
-    come back as float32. Eager torch needs no fixed buffers: tensors pass through without copies
-    when they already sit on the device (`runtime.graphs` keeps the static buffers a CUDA graph needs).
+    Weights are cast to ``dtype`` and, for bf16/fp16, the floating inputs too: the whole forward runs
+    in that dtype with no autocast. Under autocast, LayerNorm is on the float32 list, so every
+    block wrote its normalised and modulated activations in float32 and cast them back for the
+    next matmul: float32 islands that double the memory traffic of the elementwise work in the hot
+    loop. Without them LayerNorm still accumulates its statistics in float32 inside the kernel,
+    and the float32 timestep features are computed in float32 and cast once (`msf_train.model`).
+    Outputs come back as float32. Eager torch needs no fixed buffers: tensors pass through without
+    copies when they already sit on the device (`runtime.graphs` keeps the static buffers a CUDA
+    graph needs).
     """
 
     backend = "torch"
     capturable = True
 
-    def __init__(self, module: torch.nn.Module, inputs, outputs, device="cpu", dtype=None, compile: bool = False):
+    def __init__(self, module: torch.nn.Module, inputs, outputs, device="cpu", dtype=None, compile=False):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        mode = compile_mode(compile)
         self.inputs, self.outputs = list(inputs), list(outputs)
         module = module.to(self.device).eval().requires_grad_(False)
         if self.dtype != torch.float32:
             module = module.to(self.dtype)
         self.module = module
-        self.compiled = bool(compile)
-        self._fn = torch.compile(module, dynamic=False) if compile else module
+        self.compiled = mode
+        # dynamic=False: one specialised graph per batch (CFG doubles it); fullgraph: a graph break
+        # in the denoiser would silently fall back to slow eager pieces, so fail loudly instead.
+        self._fn = torch.compile(module, dynamic=False, mode=mode, fullgraph=True) if mode else module
         self._names = set(self.input_names)
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    def _cast(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """Floating inputs to the compute dtype (class ids and the float32 time stay as they are)."""
+        return t.to(self.dtype) if t is not None and t.is_floating_point() else t
 
     def _check(self, feeds):
         if feeds.keys() != self._names:
@@ -118,7 +147,7 @@ class TorchDenoiser(TorchEngine):
 
     kind = "denoiser"
 
-    def __init__(self, model, device="cpu", dtype=None, compile: bool = False):
+    def __init__(self, model, device="cpu", dtype=None, compile=False):
         from msf_train.model import export_contract
 
         self.cfg: ModelConfig = model.cfg
@@ -127,8 +156,7 @@ class TorchDenoiser(TorchEngine):
     @torch.no_grad()
     def run(self, feeds):
         self._check(feeds)
-        with self._autocast():
-            v = self._fn(feeds["x"], feeds["t"], feeds["y"], feeds.get("prior"))  # (B, C, h, w)
+        v = self._fn(self._cast(feeds["x"]), feeds["t"], feeds["y"], self._cast(feeds.get("prior")))  # (B, C, h, w)
         return {"v": v.float()}
 
 
@@ -138,7 +166,7 @@ class TorchDecoder(TorchEngine):
 
     kind = "decoder"
 
-    def __init__(self, decoder, latent_size: int, device="cpu", dtype=None, compile: bool = False):
+    def __init__(self, decoder, latent_size: int, device="cpu", dtype=None, compile=False):
         from msf_train.vae import decoder_contract
 
         channels = int(decoder.vae.config.latent_channels)
@@ -147,8 +175,7 @@ class TorchDecoder(TorchEngine):
     @torch.no_grad()
     def run(self, feeds):
         self._check(feeds)
-        with self._autocast():
-            image = self._fn(feeds["latent"])  # (B, 3, H, W)
+        image = self._fn(self._cast(feeds["latent"]))  # (B, 3, H, W)
         return {"image": image.float()}
 
 
@@ -225,16 +252,19 @@ def cascade_configs(model_dir) -> list[ModelConfig]:
     return [load_stage_config(d)[0] for d in stage_dirs]
 
 
-def load_torch_cascade(model_dir, device="cpu", dtype=None, compile: bool = False,
+def load_torch_cascade(model_dir, device="cpu", dtype=None, compile=False,
                        decoder_dtype=None) -> tuple[list[tuple[ModelConfig, Engine]], Engine]:
     """A cascade folder (`checkpoint.write_cascade`) -> torch engines. The decoder runs in float32
     unless ``decoder_dtype`` says otherwise (the SD-VAE overflows in fp16, and decoding is cheap
-    next to the denoising steps)."""
+    next to the denoising steps). ``compile`` (True or a mode of COMPILE_MODES) compiles the
+    denoisers, the hot loop; the decoder stays eager: it runs once per image, and compiling the
+    VAE costs tens of seconds for a small share of the time."""
     from msf_train.checkpoint import load_stage, read_cascade
     from msf_train.vae import LatentDecoder, load_vae
 
     device = torch.device(device)
     resolve_dtype(dtype, device)  # fail before loading anything
+    compile_mode(compile)
     stage_dirs, vae_dir = read_cascade(model_dir)
     stages = []
     for d in stage_dirs:
@@ -245,11 +275,11 @@ def load_torch_cascade(model_dir, device="cpu", dtype=None, compile: bool = Fals
     if channels != stages[0][0].in_channels:
         raise MsfError(f"the VAE in {vae_dir} has {channels} latent channels but the stages use "
                        f"{stages[0][0].in_channels}: pair the stages with the VAE they were trained on")
-    decoder = TorchDecoder(LatentDecoder(vae), stages[0][0].full_size, device, decoder_dtype, compile)
+    decoder = TorchDecoder(LatentDecoder(vae), stages[0][0].full_size, device, decoder_dtype)
     return stages, decoder
 
 
-def load_cascade(model_dir, backend: str | None = None, device="cpu", dtype=None, compile: bool = False
+def load_cascade(model_dir, backend: str | None = None, device="cpu", dtype=None, compile=False
                  ) -> tuple[list[tuple[ModelConfig, Engine]], Engine]:
     """-> ([(ModelConfig, denoiser Engine)] in scale order, decoder Engine).
 

@@ -295,6 +295,7 @@ def timing_lines(result: SampleResult, images: int) -> list[str]:
     """The one-line-per-stage summary msf-run prints on stderr."""
     lines = [f"{r.name} ({r.detail}): {r.wall_s:.3f} s, {r.calls} engine calls {r.engine_s:.3f} s"
              for r in result.timings]
-    lines.append(f"total: {result.total_s:.3f} s for {images} image(s); engine calls {result.engine_s:.3f} s; "
-                 f"overhead x{result.overhead:.3f}")
+    rate = images / result.total_s if result.total_s > 0 else float("nan")
+    lines.append(f"total: {result.total_s:.3f} s for {images} image(s), {rate:.3g} images/s; engine calls "
+                 f"{result.engine_s:.3f} s; overhead x{result.overhead:.3f}")
     return lines

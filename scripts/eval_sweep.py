@@ -31,22 +31,26 @@ def main():
     ap.add_argument("--sweep-steps", nargs="*", default=[], help="MSF step pairs s0,s1 at the default CFG")
     ap.add_argument("--sweep-cfg", nargs="*", default=[], help="MSF CFG pairs w0,w1 at the default steps")
     ap.add_argument("--dit-sweep-cfg", nargs="*", default=["1.0", "2.0"])
+    ap.add_argument("--sweep-solver", nargs="*", default=[], choices=["euler", "heun"],
+                    help="MSF at the default steps and CFG with this solver (Heun: two forwards per step)")
     a = ap.parse_args()
     classes = parse_class_spec(a.classes)
     ints = lambda s: [int(x) for x in s.split(",")]
     floats = lambda s: [float(x) for x in s.split(",")]
-    runs = [("msf", a.msf, ints(a.msf_steps), floats(a.msf_cfg)), ("dit", a.dit, ints(a.dit_steps), floats(a.dit_cfg))]
-    runs += [("msf-steps", a.msf, ints(s), floats(a.msf_cfg)) for s in a.sweep_steps]
-    runs += [("msf-cfg", a.msf, ints(a.msf_steps), floats(c)) for c in a.sweep_cfg]
-    runs += [("dit-cfg", a.dit, ints(a.dit_steps), floats(c)) for c in a.dit_sweep_cfg]
+    E = "euler"
+    runs = [("msf", a.msf, ints(a.msf_steps), floats(a.msf_cfg), E), ("dit", a.dit, ints(a.dit_steps), floats(a.dit_cfg), E)]
+    runs += [("msf-steps", a.msf, ints(s), floats(a.msf_cfg), E) for s in a.sweep_steps]
+    runs += [("msf-cfg", a.msf, ints(a.msf_steps), floats(c), E) for c in a.sweep_cfg]
+    runs += [("msf-solver", a.msf, ints(a.msf_steps), floats(a.msf_cfg), s) for s in a.sweep_solver]
+    runs += [("dit-cfg", a.dit, ints(a.dit_steps), floats(c), E) for c in a.dit_sweep_cfg]
     rows = []
-    for label, model, steps, cfg in runs:
+    for label, model, steps, cfg, solver in runs:
         t0 = time.time()
         try:
             r = evaluate(model, classes, a.per_class, classifier_dir=a.classifier, steps=steps, cfg=cfg,
-                         batch=a.batch, device=a.device, progress=False)
+                         solver=solver, batch=a.batch, device=a.device, progress=False)
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
-            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg}
+            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg, "solver": solver}
         r["label"], r["eval_s"] = label, round(time.time() - t0, 1)
         rows.append(r)
         print(json.dumps(r), flush=True)

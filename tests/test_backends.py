@@ -162,18 +162,18 @@ def test_aoti_cuda_export_matches_torch(tmp_path_factory, tmp_path):
 def test_gpu_selftest_without_cuda_writes_why_it_skipped(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present: the skip path does not apply")
-    r = run_cli("msf_export.gpu_selftest", "--out", tmp_path)
+    r = run_cli("benchmarks.gpu_selftest", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "gpu_selftest.json").read_text())
     assert report["skipped"] is True and "CUDA" in report["reason"]
-    r = run_cli("msf_export.gpu_selftest", "--out", tmp_path, "--require-cuda")
+    r = run_cli("benchmarks.gpu_selftest", "--out", tmp_path, "--require-cuda")
     assert r.returncode == 1
 
 
 @pytest.mark.slow
 def test_gpu_selftest_cpu_dry_run(tmp_path):
     """The same script on the CPU with the tiny cascade and ONNX: the code path the GPU run takes."""
-    r = run_cli("msf_export.gpu_selftest", "--out", tmp_path, "--device", "cpu", "--cascades", "tiny",
+    r = run_cli("benchmarks.gpu_selftest", "--out", tmp_path, "--device", "cpu", "--cascades", "tiny",
                 "--engines", "onnx,trt", "--steps", "2,2", "--batches", "2", "--repeats", "1")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "gpu_selftest.json").read_text())

@@ -1,7 +1,10 @@
 """One prepared script for a GPU machine: export, check and time every backend, write JSON.
 
-    python -m msf_export.gpu_selftest --out /tmp/msf-gpu          # on a CUDA machine
-    python -m msf_export.gpu_selftest --out /tmp/x --device cpu --cascades tiny --engines onnx --steps 2,2
+It lives in benchmarks/ because it drives the runtime (imports flow runtime -> msf_export ->
+msf_train; msf_export itself never imports runtime). `scripts/gpu_all.sh` runs it.
+
+    python -m benchmarks.gpu_selftest --out /tmp/msf-gpu          # on a CUDA machine
+    python -m benchmarks.gpu_selftest --out /tmp/x --device cpu --cascades tiny --engines onnx --steps 2,2
 
 For each random-weight cascade (tiny: tiny/scale0 + tiny/scale1; demo: demo/scale0 + demo/scale1;
 demo-dit: demo/dit, each with a small random VAE) it
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 import traceback
 from pathlib import Path
 
 import click
+
+from msf_train.cliutil import MsfCommand
+from msf_train.errors import MsfError
 
 CASCADES = {
     "tiny": (["tiny/scale0", "tiny/scale1"], {"block_out_channels": (8, 8, 8, 8), "norm_num_groups": 4}),
@@ -113,7 +118,7 @@ def run_selftest(out: Path, device: str, cascades: list[str], engines: list[str]
     return report
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=MsfCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Work folder; results in OUT/gpu_selftest.json.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
               help="auto: cuda when available, else skip (write the reason).")
@@ -136,8 +141,10 @@ def main(out, device, cascades, engines, steps, batches, repeats, require_cuda):
     if device is None or (device == "cuda" and not torch.cuda.is_available()):
         reason = "torch sees no CUDA device" + ("" if torch.version.cuda else " (this torch is a CPU build)")
         atomic_write_json(path, {"skipped": True, "reason": reason, "torch": torch.__version__})
+        if require_cuda:
+            raise MsfError(f"{reason}; --require-cuda asks for a CUDA run (wrote {path})")
         click.echo(f"skipped: {reason}; wrote {path}")
-        sys.exit(1 if require_cuda else 0)
+        return
     report = run_selftest(out, device, [c for c in cascades.split(",") if c], [e for e in engines.split(",") if e],
                           [int(s) for s in steps.split(",")] if steps else None,
                           [int(b) for b in batches.split(",")], repeats, log=lambda s: click.echo(s, err=True))
