@@ -32,7 +32,7 @@ DEMO = ROOT / "runtime" / "weights" / "demo-msf"
 STEPS = "10,5"
 ROUNDS = 5
 THREADS = os.environ.get("MSF_BENCH_THREADS", str(max(1, min(2, os.cpu_count() or 1))))
-TOTAL = re.compile(r"total: ([\d.]+) s for (\d+) image\(s\); engine calls ([\d.]+) s")
+TOTAL = re.compile(r"total: ([\d.]+) s for (\d+) image\(s\), [\w.+-]+ images/s; engine calls ([\d.]+) s")
 RESULTS: dict = {"latency": {}, "startup": {}}
 
 

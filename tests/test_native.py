@@ -72,8 +72,9 @@ def test_same_png_as_msf_run_on_the_tiny_cascade(tmp_path, native, art):
     assert lines[0].startswith("[aoti cpu] scale 0 (tiny/scale0 4x4: 4 euler steps, cfg 1.4): ")
     assert lines[1].startswith("[aoti cpu] scale 1 (tiny/scale1 8x8: 3 euler steps, cfg 1): ")
     assert lines[2].startswith("[aoti cpu] decode (VAE): ") and "1 engine calls" in lines[2]
-    assert lines[3].startswith("[aoti cpu] total: ") and "for 4 image(s)" in lines[3] and "overhead x" in lines[3]
-    assert lines[4].startswith("[aoti cpu] peak memory: ") and "MiB host" in lines[4]
+    assert lines[3].startswith("[aoti cpu] total: ") and "s for 4 image(s), " in lines[3] and "images/s" in lines[3]
+    assert "overhead x" in lines[3] and lines[3].endswith(" MiB") and "; peak memory: CPU RSS " in lines[3]
+    assert len(lines) == 4
     assert r.stdout.strip() == f"wrote {tmp_path / 'native.png'} (4 image(s) of 64x64, seed 11)"
 
 
@@ -88,6 +89,15 @@ def test_same_pngs_with_heun_shift_cfg_everywhere_and_save_scales(tmp_path, nati
     assert np.array_equal(png(tmp_path / "native.scale1.png"), got)  # the last scale is the image
     assert "3 heun steps, cfg 1.5" in r.stderr and "2 heun steps, cfg 1.2" in r.stderr
     assert "6 engine calls" in r.stderr  # scale 0: 3 Heun steps x 2 calls; CFG is one call on a doubled batch
+
+
+def test_more_images_than_the_export_takes_run_in_chunks_with_the_same_images(tmp_path, native, art):
+    """9 images with CFG need batch 18 > the export's 16: both runners sample in chunks of 8 (msf-run's
+    runtime.pipeline), each image with its own seed, so the grid is the same as one big batch would give."""
+    got, ref, r = same_png(tmp_path, native, art, "--class", 2, "--batch", 9, "--steps", "2,2", "--seed", 1)
+    assert np.array_equal(got, ref)
+    assert "[aoti cpu] 9 images in 2 chunks (the artifacts' batch range)" in r.stderr
+    assert "4 engine calls" in r.stderr  # scale 0: 2 steps x 2 chunks
 
 
 def test_an_image_depends_only_on_its_seed_and_class(tmp_path, native, art):
@@ -194,6 +204,14 @@ def _no_stages(m):
     del m["stages"]
 
 
+def _min_batch_4(m):  # as an export with --min-batch 4 (the manifest is not hashed, its artifacts are)
+    m["stages"][0]["batch"]["min"] = 4
+
+
+def _other_torch(m):
+    m["tools"]["torch"] = "2.99.0+cpu"
+
+
 CASES = {
     "missing artifact": (lambda a: (a / "scale1.pt2").unlink(), [], ["scale1.pt2 is missing (listed in"], True),
     "damaged artifact": (lambda a: _flip_byte(a / "decoder.pt2"), [], ["decoder.pt2 does not match its manifest"], True),
@@ -204,13 +222,16 @@ CASES = {
     "another engine": (lambda a: _edit_manifest(a, _engine_onnx), [], ["holds a onnx export, not aoti"], False),
     "artifact for another device": (lambda a: _edit_manifest(a, _device_cuda), ["--device", "cpu"],
                                     ["scale0.pt2 was compiled for cuda, not cpu: run it with --device cuda"], True),
-    "batch outside range": (None, ["--class", 1, "--batch", 9],
-                            ["batch 18 is outside the exported range 1..16 of scale0 (classifier-free guidance "
-                             "doubles the batch): re-export with --max-batch 18"], True),
+    "batch outside range": (lambda a: _edit_manifest(a, _min_batch_4), ["--class", 1],
+                            ["batch 2 is outside the exported range 4..16 of scale0 (classifier-free guidance "
+                             "doubles the batch): re-export with --max-batch 16"], True),
+    "package of another torch": (lambda a: _edit_manifest(a, _other_torch), [],
+                                 ["scale0.pt2 was compiled by torch 2.99.0+cpu, this is torch 2."], False),
     "class out of range": (None, ["--class", "3,20"],
                            ["class id 20 is out of range: this model has 20 classes (0-19)"], True),
-    "steps per stage": (None, ["--steps", 5], ["--steps has 1 value(s) but the cascade has 2 stage(s)"], True),
-    "cfg per stage": (None, ["--cfg", "1.4,1,1"], ["--cfg has 3 value(s)", "e.g. --cfg 1.4,1.0"], True),
+    "steps per stage": (None, ["--steps", 5], ["--steps has 1 value(s) but the cascade has 2 stage(s) "
+                                                "(tiny/scale0, tiny/scale1): give one per stage, e.g. --steps 100,50"], False),
+    "cfg per stage": (None, ["--cfg", "1.4,1,1"], ["--cfg has 3 value(s)", "e.g. --cfg 1.4,1.0"], False),
     "no cuda here": (None, ["--device", "cuda"], ["--device cuda but this"], False),
     "torch-only flags": (None, ["--dtype", "bf16"], ["--dtype and --compile apply to the torch backend"], True),
 }
@@ -265,7 +286,7 @@ def test_gpu_native_script_dry_run(tmp_path, native, art):
     check = data["steps"][0]
     assert check["step"] == "compile-only check of the CUDA code" and check["status"] in ("ok", "skipped"), check
     runs = data["runs"]
-    assert len(runs) == 6 and all(r["ok"] for r in runs), runs  # batch 1 and 2 x (python, native, native graph)
+    assert len(runs) == 3 and all(r["ok"] for r in runs), runs  # python, native, native --cuda-graph
     assert all(r["mean_pixel_diff_vs_python"] <= 1.0 for r in runs if "native" in r["runner"])
     assert all("needs --device cuda" in r["note"] for r in runs if r["runner"].endswith("--cuda-graph"))
     assert data["summary"]["failed_or_over_1_level"] == 0

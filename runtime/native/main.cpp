@@ -6,6 +6,7 @@
 // loaded; every error is one "Error: ..." line on stderr and a non-zero exit, and no PNG is left
 // half-written (png.cpp writes to a temporary file and renames it).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
 
 #include "cli.h"
@@ -71,30 +73,135 @@ at::Tensor class_tensor(const std::vector<long>& ids, c10::Device dev) {
   return y.to(dev);
 }
 
-// What the run measured: runtime.sampler.SampleResult's timings and total.
-struct Timed {
-  CascadeOutput out;
-  std::vector<StageTiming> records;
+// Images of one request, its chunks merged: runtime.pipeline.Generation.
+struct Generation {
+  at::Tensor image;
+  std::vector<at::Tensor> scales;
+  std::vector<StageTiming> timings;  // summed per stage over the chunks
   double total_s = 0;
+  size_t chunks = 0;
+  bool graph = false;
+  double capture_s = 0;
+  std::string reason;  // why eager when a CUDA graph was asked for
 };
 
-Timed sample_eager(const std::vector<Stage>& stages, Engine& decoder, const std::vector<long>& y_list,
-                   const std::vector<uint64_t>& seeds, const Plan& plan, bool save_scales, c10::Device dev) {
-  const auto cfgs = [&] {
-    std::vector<StageConfig> c;
-    for (const auto& s : stages) c.push_back(s.cfg);
-    return c;
-  }();
+// runtime.sampler.sample on one chunk: noise per image, Algorithm 3, timed per stage.
+void sample_chunk(const std::vector<Stage>& stages, Engine& decoder, const std::vector<StageConfig>& cfgs,
+                  const std::vector<long>& y, const std::vector<uint64_t>& seeds, const Plan& plan, bool save_scales,
+                  c10::Device dev, std::vector<CascadeOutput>& outs, std::vector<std::vector<StageTiming>>& timings,
+                  double& total_s) {
   Clock clock(dev);
   const auto t0 = steady::now();
-  std::vector<at::Tensor> noises = make_noise(cfgs, seeds, dev);
-  at::Tensor y = class_tensor(y_list, dev);  // (B,)
-  Timed r;
-  r.out = run_cascade(stages, decoder, y, noises, time_grids(plan, dev), plan, save_scales, &clock);
+  const std::vector<at::Tensor> noises = make_noise(cfgs, seeds, dev);
+  outs.push_back(run_cascade(stages, decoder, class_tensor(y, dev), noises, time_grids(plan, dev), plan, save_scales,
+                             &clock));
   clock.sync();
-  r.total_s = since(t0);
-  r.records = clock.records();
-  return r;
+  total_s += since(t0);
+  timings.push_back(clock.records());
+}
+
+#ifdef MSF_WITH_CUDA
+// runtime.graphs.CascadeRunner.sample in graph mode: one record for the whole replay.
+void replay_chunk(CascadeGraph& graph, const std::vector<StageConfig>& cfgs, const std::vector<long>& y,
+                  const std::vector<uint64_t>& seeds, c10::Device dev, std::vector<CascadeOutput>& outs,
+                  std::vector<std::vector<StageTiming>>& timings, double& total_s) {
+  synchronize(dev);
+  const auto t0 = steady::now();
+  const std::vector<at::Tensor> noises = make_noise(cfgs, seeds, dev);
+  const auto t1 = steady::now();
+  outs.push_back(graph.replay(class_tensor(y, dev), noises));
+  synchronize(dev);
+  const double replay_s = since(t1);
+  timings.push_back({{"cascade", "one CUDA graph: " + std::to_string(cfgs.size()) + " scale(s) + decode, batch " +
+                                     std::to_string(y.size()),
+                      replay_s, replay_s, 1}});
+  total_s += since(t0);
+}
+#endif
+
+// runtime.pipeline.Pipeline.generate: chunks of at most the artifacts' max batch (halved under CFG);
+// each image keeps its own seed, so the images are those of one big batch.
+Generation generate(const std::vector<Stage>& stages, Engine& decoder, const Manifest& manifest,
+                    const std::vector<long>& ids, const std::vector<uint64_t>& seeds, const Plan& plan,
+                    bool save_scales, bool use_graph, c10::Device dev) {
+  std::vector<StageConfig> cfgs;
+  for (const auto& s : stages) cfgs.push_back(s.cfg);
+  long limit = static_cast<long>(ids.size());
+  for (size_t i = 0; i < stages.size(); ++i)
+    limit = std::min<long>(limit, std::max(1, manifest.stages()[i].batch.max / (plan.cfg[i] != 1.0 ? 2 : 1)));
+  const long n = static_cast<long>(ids.size());
+  for (long lo = 0; lo < n; lo += limit)  // every chunk size must be in range: refuse before any work
+    for (size_t i = 0; i < stages.size(); ++i) {
+      const long b = std::min(limit, n - lo);
+      manifest.check_batch(manifest.stages()[i], plan.cfg[i] == 1.0 ? b : 2 * b);
+    }
+  Generation gen;
+  std::vector<CascadeOutput> outs;
+  std::vector<std::vector<StageTiming>> timings;
+#ifdef MSF_WITH_CUDA
+  std::map<long, std::unique_ptr<CascadeGraph>> graphs;  // one per chunk size, as CascadeRunner per size
+#endif
+  for (long lo = 0; lo < n; lo += limit) {
+    const long b = std::min(limit, n - lo);
+    const std::vector<long> y(ids.begin() + lo, ids.begin() + lo + b);
+    const std::vector<uint64_t> s(seeds.begin() + lo, seeds.begin() + lo + b);
+#ifdef MSF_WITH_CUDA
+    if (use_graph && !graphs.count(b) && gen.reason.empty()) {
+      const auto t0 = steady::now();
+      try {
+        graphs[b] = std::make_unique<CascadeGraph>(stages, decoder, b, plan, save_scales);
+      } catch (const std::exception& e) {  // any capture failure means: run eager, and say why
+        std::string why = e.what();
+        gen.reason = "capture failed (" + why.substr(0, why.find('\n')) + ")";
+      }
+      gen.capture_s += since(t0);
+    }
+    if (graphs.count(b)) {
+      replay_chunk(*graphs[b], cfgs, y, s, dev, outs, timings, gen.total_s);
+      gen.graph = true;
+      continue;
+    }
+#else
+    (void)use_graph;
+#endif
+    sample_chunk(stages, decoder, cfgs, y, s, plan, save_scales, dev, outs, timings, gen.total_s);
+  }
+  gen.chunks = outs.size();
+  for (const auto& chunk : timings)  // runtime.pipeline._merge: summed per stage, first-seen order
+    for (const auto& t : chunk) {
+      auto it = std::find_if(gen.timings.begin(), gen.timings.end(), [&](const StageTiming& m) { return m.name == t.name; });
+      if (it == gen.timings.end()) it = gen.timings.insert(gen.timings.end(), {t.name, t.detail});
+      it->wall_s += t.wall_s;
+      it->engine_s += t.engine_s;
+      it->calls += t.calls;
+    }
+  std::vector<at::Tensor> images;
+  for (const auto& o : outs) images.push_back(o.image);
+  gen.image = at::cat(images);
+  for (size_t i = 0; save_scales && i < outs.front().scales.size(); ++i) {
+    std::vector<at::Tensor> parts;
+    for (const auto& o : outs) parts.push_back(o.scales[i]);
+    gen.scales.push_back(at::cat(parts));
+  }
+  return gen;
+}
+
+// runtime.cli.peak_memory_line: the CPU's peak resident set, and the GPU's peak allocation by torch.
+std::string peak_memory_line(c10::Device dev) {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "peak memory: CPU RSS %.0f MiB", usage.ru_maxrss / 1024.0);  // KiB on Linux
+  std::string line = buf;
+#ifdef MSF_WITH_CUDA
+  if (dev.is_cuda()) {
+    std::snprintf(buf, sizeof buf, ", GPU %.0f MiB allocated by torch", cuda_peak_bytes(dev) / double(1 << 20));
+    line += buf;
+  }
+#else
+  (void)dev;
+#endif
+  return line;
 }
 
 int run(int argc, char** argv) {
@@ -118,27 +225,22 @@ int run(int argc, char** argv) {
   // Everything that can be checked without loading a package, in msf-run's order.
   const Manifest manifest = Manifest::open(*o.model, "aoti");
   manifest.check_device(dev_type);
+  manifest.check_torch(MSF_TORCH_VERSION);
   const std::vector<StageConfig> cfgs = manifest.configs();
   check_cascade(cfgs);
   const Plan plan = make_plan(cfgs, o.steps, o.cfg, o.solver, o.shift);
   check_classes(cfgs, o.classes);
-  // The batch range first, so an absurd --batch is refused before anything is allocated for it.
-  if (o.batch > (1L << 30)) manifest.check_batch(manifest.stages().front(), o.batch);  // far past any export
-  const long B = static_cast<long>(o.classes.size()) * o.batch;
-  for (size_t i = 0; i < cfgs.size(); ++i)  // CFG doubles the batch a denoiser sees
-    manifest.check_batch(manifest.stages()[i], plan.cfg[i] == 1.0 ? B : 2 * B);
-  manifest.check_batch(manifest.decoder(), std::min<long>(B, manifest.decoder().batch.max));  // it chunks above
   std::vector<long> y;  // class-major: one grid row per class
-  for (long c : o.classes)
-    for (long j = 0; j < o.batch; ++j) y.push_back(c);
   std::vector<uint64_t> seeds;
-  for (long j = 0; j < B; ++j) {
-    if (o.seed > UINT64_MAX - static_cast<uint64_t>(j)) throw MsfError("--seed is too large: seed + image index must fit 64 bits");
-    seeds.push_back(o.seed + static_cast<uint64_t>(j));
-  }
+  for (long c : o.classes)
+    for (long j = 0; j < o.batch; ++j) {
+      if (o.seed > UINT64_MAX - y.size()) throw MsfError("--seed is too large: seed + image index must fit 64 bits");
+      seeds.push_back(o.seed + y.size());
+      y.push_back(c);
+    }
+  const long B = static_cast<long>(y.size());
 
   c10::InferenceMode inference;
-  const auto t_load = steady::now();
   std::vector<std::unique_ptr<Engine>> engines;
   std::vector<Stage> stages;
   for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -147,81 +249,40 @@ int run(int argc, char** argv) {
   }
   AotiEngine decoder(manifest, manifest.decoder(), dev);
   warm_up_ops(cfgs, dev);
-  const double load_s = since(t_load);
 
   bool use_graph = o.cuda_graph.value_or(dev.is_cuda());
   if (use_graph && !dev.is_cuda()) {
     std::cerr << "note: --cuda-graph needs --device cuda; running eager\n";
     use_graph = false;
   }
-  Timed result;
-  std::string prefix = "[aoti " + dev_type;
-  double capture_s = -1;
-#ifdef MSF_WITH_CUDA
-  std::unique_ptr<CascadeGraph> graph;
-  if (use_graph) {
-    const auto t0 = steady::now();
-    try {
-      graph = std::make_unique<CascadeGraph>(stages, decoder, B, plan, o.save_scales);
-    } catch (const std::exception& e) {  // any capture failure means: run eager, and say why
-      std::string why = e.what();
-      why = why.substr(0, why.find('\n'));
-      std::cerr << "note: CUDA graph off, running eager: capture failed (" << why << ")\n";
-      graph.reset();
-    }
-    capture_s = since(t0);
-  }
-  if (graph) {
-    prefix += " graph";
-    synchronize(dev);
-    const auto t0 = steady::now();
-    std::vector<at::Tensor> noises = make_noise(cfgs, seeds, dev);
-    at::Tensor yt = class_tensor(y, dev);
-    const auto t1 = steady::now();
-    result.out = graph->replay(yt, noises);
-    synchronize(dev);
-    const double replay_s = since(t1);
-    result.records.push_back({"cascade", "one CUDA graph: " + std::to_string(stages.size()) +
-                                             " scale(s) + decode, batch " + std::to_string(B),
-                              replay_s, replay_s, 1});
-    result.total_s = since(t0);
-  } else {
-    result = sample_eager(stages, decoder, y, seeds, plan, o.save_scales, dev);
-  }
-#else
-  result = sample_eager(stages, decoder, y, seeds, plan, o.save_scales, dev);
-#endif
-  prefix += "]";
+  const Generation gen = generate(stages, decoder, manifest, y, seeds, plan, o.save_scales, use_graph, dev);
 
   const long ncol = o.classes.size() > 1 ? o.batch : static_cast<long>(std::ceil(std::sqrt(static_cast<double>(B))));
-  PngWriter::write(o.out, to_grid(result.out.image, ncol));
+  PngWriter::write(o.out, to_grid(gen.image, ncol));
   std::string written = o.out.string();
-  if (o.save_scales) {
-    for (size_t i = 0; i < result.out.scales.size(); ++i) {
-      PngWriter::write(scale_path(o.out, i), to_grid(result.out.scales[i], ncol));
-      written += ", " + scale_path(o.out, i).string();
-    }
+  for (size_t i = 0; i < gen.scales.size(); ++i) {
+    PngWriter::write(scale_path(o.out, i), to_grid(gen.scales[i], ncol));
+    written += ", " + scale_path(o.out, i).string();
   }
 
+  if (!gen.reason.empty() && use_graph) std::cerr << "note: CUDA graph off, running eager: " << gen.reason << "\n";
+  const std::string prefix = "[aoti " + dev_type + (gen.graph ? " graph" : "") + "]";
+  if (gen.chunks > 1)
+    std::cerr << prefix << " " << B << " images in " << gen.chunks << " chunks (the artifacts' batch range)\n";
   double engine_s = 0;
-  for (const auto& r : result.records) {
+  for (const auto& r : gen.timings) {
     std::cerr << prefix << " " << r.name << " (" << r.detail << "): " << fixed3(r.wall_s) << " s, " << r.calls
               << " engine calls " << fixed3(r.engine_s) << " s\n";
     engine_s += r.engine_s;
   }
-  const double overhead = engine_s > 0 ? result.total_s / engine_s : NAN;
-  std::cerr << prefix << " total: " << fixed3(result.total_s) << " s for " << B << " image(s); engine calls "
-            << fixed3(engine_s) << " s; overhead x" << fixed3(overhead) << "\n";
-  if (capture_s >= 0 && prefix.find("graph") != std::string::npos)
-    std::cerr << prefix << " graph capture (once per batch size and plan): " << fixed3(capture_s) << " s\n";
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  std::string memory = std::to_string(usage.ru_maxrss / 1024) + " MiB host (max RSS)";
-#ifdef MSF_WITH_CUDA
-  if (dev.is_cuda()) memory += ", " + std::to_string(cuda_peak_bytes(dev) >> 20) + " MiB CUDA (allocator peak)";
-#endif
-  std::cerr << prefix << " peak memory: " << memory << "; packages loaded in " << fixed3(load_s) << " s\n";
-  const auto H = result.out.image.size(-2), W = result.out.image.size(-1);
+  char rate[64];
+  std::snprintf(rate, sizeof rate, "%.3g", gen.total_s > 0 ? B / gen.total_s : NAN);
+  std::cerr << prefix << " total: " << fixed3(gen.total_s) << " s for " << B << " image(s), " << rate
+            << " images/s; engine calls " << fixed3(engine_s) << " s; overhead x"
+            << fixed3(engine_s > 0 ? gen.total_s / engine_s : NAN) << "; " << peak_memory_line(dev) << "\n";
+  if (gen.graph)
+    std::cerr << prefix << " graph capture (once per batch size and plan): " << fixed3(gen.capture_s) << " s\n";
+  const auto H = gen.image.size(-2), W = gen.image.size(-1);
   std::cout << "wrote " << written << " (" << B << " image(s) of " << W << "x" << H << ", seed " << o.seed << ")\n";
   return 0;
 }

@@ -55,7 +55,8 @@ BatchRange read_batch(const json& j) {
 StageConfig read_config(const json& d) {
   static const std::set<std::string> known = {"name", "depth", "hidden_size", "num_heads", "patch_size",
                                               "latent_size", "in_channels", "has_prior", "num_classes",
-                                              "mlp_ratio", "scale_index", "scale_sizes", "residual_scale"};
+                                              "mlp_ratio", "scale_index", "scale_sizes", "residual_scale",
+                                              "parameterization", "time_freq_shift", "mlp_norm_eps"};
   std::vector<std::string> unknown;
   for (const auto& [k, _] : d.items())
     if (!known.count(k)) unknown.push_back(k);
@@ -81,6 +82,13 @@ StageConfig read_config(const json& d) {
       c.scale_sizes[c.scale_index] != c.latent_size)
     throw MsfError(c.name + ": scale_sizes[" + std::to_string(c.scale_index) + "] must equal latent_size " +
                    std::to_string(c.latent_size));
+  // What the network predicts is converted to a velocity inside the exported forward; only checked here.
+  const std::string param = d.value("parameterization", std::string("velocity"));
+  if (param != "velocity" && param != "eps-ddpm")
+    throw MsfError(c.name + ": unknown parameterization " + py::repr(param) + "; use one of velocity, eps-ddpm");
+  const int freq_shift = d.value("time_freq_shift", 0);
+  if (freq_shift != 0 && freq_shift != 1)
+    throw MsfError(c.name + ": time_freq_shift must be 0 (DiT) or 1 (diffusers), got " + std::to_string(freq_shift));
   if (has_prior != (c.scale_index > 0))
     throw MsfError(c.name + ": scale " + std::to_string(c.scale_index) + " must " + (c.scale_index ? "" : "not ") +
                    "take a prior");
@@ -174,6 +182,8 @@ Manifest Manifest::open(const fs::path& folder_in, const std::string& engine) {
   try {
     m.precision_ = j["precision"].get<std::string>();
     m.device_ = j.value("device", std::string("cpu"));
+    if (j.contains("tools") && j["tools"].is_object() && j["tools"].contains("torch") && j["tools"]["torch"].is_string())
+      m.torch_ = j["tools"]["torch"].get<std::string>();
     m.batch_ = read_batch(j["batch"]);
     const json& stages = j["stages"];
     if (!stages.is_array() || stages.empty())
@@ -225,6 +235,15 @@ void Manifest::check_device(const std::string& device) const {
   if (device_ != device)
     throw MsfError(artifact(stages_.front()).string() + " was compiled for " + device_ + ", not " + device +
                    ": run it with --device " + device_ + " or re-export with msf-export --engine aoti --device " + device);
+}
+
+void Manifest::check_torch(const std::string& libtorch) const {
+  // The wheel says "2.13.0+cpu", libtorch's CMake package "2.13.0": compare the release, not the build tag
+  // (the device check has already matched CPU and CUDA packages).
+  const std::string recorded = torch_.substr(0, torch_.find('+'));
+  if (!recorded.empty() && recorded != libtorch)
+    throw MsfError(artifact(stages_.front()).string() + " was compiled by torch " + torch_ + ", this is torch " + libtorch +
+                   ": AOTInductor packages run only on the torch that built them; re-export with msf-export --engine aoti --force");
 }
 
 std::vector<StageConfig> Manifest::configs() const {

@@ -56,6 +56,8 @@ class Manifest {
   void check_batch(const Entry& entry, long batch) const;
   // The stage device the packages were compiled for must be the one we run on.
   void check_device(const std::string& device) const;
+  // An AOTInductor package runs only on the torch release that built it (the manifest's tools.torch).
+  void check_torch(const std::string& libtorch_version) const;
 
   const fs::path& folder() const { return folder_; }
   fs::path path() const { return folder_ / "manifest.json"; }
@@ -69,7 +71,7 @@ class Manifest {
  private:
   void verify_files() const;
   fs::path folder_;
-  std::string engine_, precision_, device_ = "cpu";
+  std::string engine_, precision_, device_ = "cpu", torch_;
   BatchRange batch_;
   std::vector<Entry> stages_;
   Entry decoder_;
