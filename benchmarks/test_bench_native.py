@@ -44,13 +44,11 @@ def work() -> Path:
 
 
 @pytest.fixture(scope="session")
-def native() -> Path:
-    from runtime.native.build import BuildError, ensure_binary
+def native() -> Path:  # the binary (built if need be), or a skip with the reason
+    from runtime.native.build import binary_or_reason
 
-    try:
-        return ensure_binary()
-    except BuildError as e:
-        pytest.skip(f"msf-run-native cannot be built here: {e}")
+    found = binary_or_reason()
+    return found[0] or pytest.skip(found[1])
 
 
 @pytest.fixture(scope="session")

@@ -30,12 +30,10 @@ DEMO = ROOT / "runtime" / "weights" / "demo-msf"
 
 @pytest.fixture(scope="session")
 def native() -> Path:
-    from runtime.native.build import BuildError, ensure_binary
+    from runtime.native.build import binary_or_reason
 
-    try:
-        return ensure_binary()
-    except BuildError as e:
-        pytest.skip(f"msf-run-native cannot be built here: {e}")
+    path, why = binary_or_reason()
+    return path if why is None else pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,14 @@ def ensure_binary(build_dir: Path = BUILD_DIR, cuda: bool = False, jobs: int = 2
     return build_dir / BINARY
 
 
+def binary_or_reason() -> tuple[Path | None, str | None]:
+    """(path, None) when the binary is there or could be built, else (None, why): what tests skip on."""
+    try:
+        return ensure_binary(), None
+    except BuildError as e:
+        return None, f"msf-run-native cannot be built here: {e}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", type=Path, default=BUILD_DIR)
