@@ -154,6 +154,8 @@ def test_bad_flags_are_one_line(tmp_path, native, args, needle):
 def test_help_and_missing_model(tmp_path, native):
     r = run_native(native, "--help")
     assert r.returncode == 0 and "--model PATH" in r.stdout and "--save-scales" in r.stdout
+    r = run_native(native, "--version")
+    assert r.returncode == 0 and r.stdout.startswith("msf-run-native 0.") and "(libtorch 2." in r.stdout
     out = tmp_path / "img.png"
     assert_refused(run_native(native, "--out", out), out, "--model is required")
     assert_refused(run_native(native, "--model", tmp_path / "nope", "--out", out), out, "model folder not found")

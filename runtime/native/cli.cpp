@@ -112,6 +112,7 @@ Options Options::parse(int argc, char** argv) {
       {"--save-scales", [&] { o.save_scales = true; }},
       {"--help", [&] { o.help = true; }},
       {"-h", [&] { o.help = true; }},
+      {"--version", [&] { o.version = true; }},
   };
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -122,7 +123,7 @@ Options Options::parse(int argc, char** argv) {
     }
     if (auto f = flags.find(arg); f != flags.end() && !inline_value) {
       f->second();
-      if (o.help) return o;  // --help wins over everything, as click's eager option
+      if (o.help || o.version) return o;  // eager, as click's --help and --version
       continue;
     }
     auto v = valued.find(arg);
@@ -197,6 +198,7 @@ Options:
   --dtype, --compile              Accepted for msf-run's command lines; refused
                                   unless fp32 / absent (an artifact's precision
                                   is set by msf-export).
+  --version                       Show the version and exit.
   -h, --help                      Show this message and exit.
 )";
 }

@@ -27,6 +27,7 @@ struct Options {
   std::filesystem::path out = "img.png";
   bool save_scales = false;
   bool help = false;
+  bool version = false;
 
   // argv -> Options; a UsageError (exit 2) for a malformed command line, MsfError for bad values,
   // with the cheap checks of msf-run (lists, steps >= 1, negative class ids, shift) already done.

@@ -28,6 +28,9 @@
 #include "png.h"
 #include "sampler.h"
 
+#ifndef MSF_VERSION
+#define MSF_VERSION "unknown"
+#endif
 #ifndef MSF_TORCH_VERSION
 #define MSF_TORCH_VERSION "unknown"
 #endif
@@ -208,6 +211,10 @@ int run(int argc, char** argv) {
   const Options o = Options::parse(argc, argv);
   if (o.help) {
     std::cout << help_text();
+    return 0;
+  }
+  if (o.version) {
+    std::cout << "msf-run-native " MSF_VERSION " (libtorch " MSF_TORCH_VERSION ")\n";
     return 0;
   }
   PngWriter::check_output(o.out);
