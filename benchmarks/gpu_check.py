@@ -133,7 +133,7 @@ class Recorder:
     def __init__(self, path: Path, budget_s: float, prediction: dict):
         self.path, self.budget_s, self.t0 = path, budget_s, time.perf_counter()
         self.prediction = prediction
-        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "budget_s": budget_s,
+        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "budget_s": budget_s if budget_s != float("inf") else None,  # strict JSON: no Infinity
                      "sections": {s: {"status": "pending"} for s in SECTIONS}, "results": []}
 
     def elapsed(self) -> float:

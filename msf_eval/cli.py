@@ -15,22 +15,50 @@ DEFAULT_MODEL = ROOT.parent / "runtime" / "weights" / "demo-msf"
 
 
 def parse_class_spec(spec: str) -> list[int]:
-    """'0-999' | '330,336' | '0-99:10' (every 10th) -> class ids."""
+    """'0-999' | '330,336' | '0-99:10' (every 10th) -> class ids; anything else is one MsfError line."""
     out = []
-    for part in spec.split(","):
+    for part in str(spec).split(","):
         part = part.strip()
-        step = 1
-        if ":" in part:
-            part, step_s = part.split(":", 1)
-            step = int(step_s)
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1, step))
-        elif part:
-            out.append(int(part))
+        try:
+            step = 1
+            if ":" in part:
+                part, step_s = part.split(":", 1)
+                step = int(step_s)
+                if step < 1:
+                    raise ValueError
+            if "-" in part.lstrip("-"):
+                a, b = part.split("-", 1)
+                a, b = int(a), int(b)
+                if a < 0 or b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1, step))
+            elif part:
+                if int(part) < 0:
+                    raise ValueError
+                out.append(int(part))
+        except ValueError:
+            raise MsfError(f"--classes {spec!r}: use ids, ranges a-b with a <= b and an optional :step >= 1, "
+                           f"e.g. 0-999:10 or 330,336") from None
     if not out:
         raise MsfError(f"--classes {spec!r} names no class; use e.g. 0-999:10 or 330,336")
     return out
+
+
+def check_writable(path: Path | None, what: str) -> None:
+    """Fail before sampling if an output file cannot be written (it is written atomically later)."""
+    if path is None:
+        return
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise MsfError(f"{what} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise MsfError(f"cannot write {what} {path}: {e.strerror or e}; choose a writable path") from None
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,12 +76,12 @@ def main():
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="Cascade folder or exported artifact folder.")
 @click.option("--classes", default="0-999:10", show_default=True, help="Class ids: ranges a-b, lists, a-b:step.")
-@click.option("--per-class", default=10, show_default=True, help="Samples per class.")
+@click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 100000), help="Samples per class.")
 @click.option("--steps", default=None, help="Steps per stage, e.g. 100,50 (default: the paper recipe).")
 @click.option("--cfg", "cfg_scales", default=None, help="CFG per stage, e.g. 1.4,1.0.")
 @click.option("--solver", default="euler", type=click.Choice(["euler", "heun"]), show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--batch", default=64, show_default=True, help="Images per sampling call.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 2 ** 32))
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 4096), help="Images per sampling call.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "aoti", "trt"]), default=None,
               help="Engine backend [default: the artifact manifest's engine, or torch for checkpoints].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
@@ -69,39 +97,51 @@ def main():
 def run(model_dir, classes, per_class, steps, cfg_scales, solver, seed, batch, backend, device, classifier_dir,
         extractor, inception_weights, npz, json_out):
     """Sample PER_CLASS images for each class and print the figures as JSON."""
+    classes = parse_class_spec(classes)
+    check_writable(json_out, "--json")
+    check_writable(npz, "--npz")
     from msf_eval.evaluate import evaluate
     from msf_train.checkpoint import atomic_write_json
     from runtime.cli import parse_list
     from runtime.engines import resolve_device
 
     device = str(resolve_device(device))  # the classifier and the cascade run on the same device
-    res = evaluate(model_dir, parse_class_spec(classes), per_class, classifier_dir=classifier_dir,
+    res = evaluate(model_dir, classes, per_class, classifier_dir=classifier_dir,
                    steps=parse_list(steps, int, "--steps"), cfg=parse_list(cfg_scales, float, "--cfg"),
                    solver=solver, seed=seed, batch=batch, backend=backend, device=device, extractor=extractor,
                    inception_weights=inception_weights, npz=npz)
+    click.echo(json.dumps(res, indent=2))  # the figures first: a failing write below loses nothing
     if json_out:
         atomic_write_json(json_out, res)
-    click.echo(json.dumps(res, indent=2))
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_CLASSIFIER, show_default=True)
-@click.option("--steps", default=3000, show_default=True)
-@click.option("--batch", default=128, show_default=True)
-@click.option("--size", default=128, show_default=True, help="Image side in pixels (the demo's full scale).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the classifier to (msf-eval run --classifier OUT).")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out that holds no classifier.")
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default=128, show_default=True, type=click.IntRange(16, 4096),
+              help="Image side in pixels (the demo's full scale).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto = cuda when available.")
-@click.option("--workers", default=0, show_default=True, help="DataLoader workers rendering shapes.")
-@click.option("--max-minutes", default=None, type=float, help="Stop training after this many minutes.")
-def classifier(out, steps, batch, size, device, workers, max_minutes):
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="DataLoader workers rendering shapes.")
+@click.option("--max-minutes", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Stop training after this many minutes.")
+def classifier(out, steps, batch, size, device, workers, max_minutes, force):
     """Train the shapes attribute classifier and report its held-out accuracy."""
+    from msf_train import outdir
+
+    outdir.check_claim(out, "msf-eval classifier", force=force)
     from msf_eval.classifier import train_classifier
     from runtime.engines import resolve_device
 
     device = str(resolve_device(device))
-
-    acc = train_classifier(out, size=size, steps=steps, batch=batch, device=device, workers=workers, max_minutes=max_minutes,
-                           log=lambda s: click.echo(s, err=True))
+    with outdir.claim(out, "msf-eval classifier", force=force):
+        acc = train_classifier(out, size=size, steps=steps, batch=batch, device=device, workers=workers,
+                               max_minutes=max_minutes,
+                               log=lambda s: click.echo(s, err=True))
     click.echo(json.dumps({"holdout_accuracy": acc}, indent=2))
 
 

@@ -60,6 +60,9 @@ def sample_images(model_dir, class_ids, per_class: int, *, steps=None, cfg=None,
     for i in tqdm(range(0, len(labels), batch), desc="sampling", disable=not progress, unit="batch"):
         y = labels[i:i + batch]
         r = sample(stages, decoder, y, seeds=seed + i, plan=plan, timed=False)
+        if not bool(torch.isfinite(r.image).all()):  # NaN would round to black pixels and score silently
+            raise MsfError(f"the samples of {model_dir} are not finite (NaN/inf in batch {i // batch}): the model "
+                           f"or its export is broken; nothing was scored")
         t0 = time.perf_counter()
         out.append(to_uint8(r.image).cpu())
         seconds += r.total_s + time.perf_counter() - t0
@@ -84,9 +87,19 @@ def evaluate(model_dir, class_ids, per_class: int, *, classifier_dir, steps=None
     from msf_eval.classifier import accuracy, load_classifier
     from msf_eval.features import frechet_distance
 
-    if per_class < 1:
-        raise MsfError(f"--per-class must be >= 1, got {per_class}")
-    clf, clf_meta = load_classifier(classifier_dir, device)
+    from runtime.engines import resolve_device
+
+    if per_class < 1 or batch < 1:
+        raise MsfError(f"--per-class and --batch must be >= 1, got {per_class} and {batch}")
+    device = str(resolve_device(device))  # --device cuda without CUDA: one line, before any work
+    if not (Path(classifier_dir) / "classifier.safetensors").is_file():
+        raise MsfError(f"no shapes classifier in {classifier_dir}; train one with "
+                       f"`msf-eval classifier --out {classifier_dir}`")
+    try:
+        clf, clf_meta = load_classifier(classifier_dir, device)
+    except RuntimeError as e:  # weights of another architecture (load_state_dict)
+        raise MsfError(f"the classifier in {classifier_dir} does not fit this msf's ShapesClassifier "
+                       f"({str(e).splitlines()[0][:80]}): retrain it with `msf-eval classifier --out DIR`") from None
     s = sample_images(model_dir, class_ids, per_class, steps=steps, cfg=cfg, solver=solver, shift=shift, seed=seed,
                       batch=batch, backend=backend, device=device, progress=progress)
     fake, labels, plan, cfgs = s["images"], s["labels"], s["plan"], s["cfgs"]

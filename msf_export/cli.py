@@ -88,10 +88,16 @@ def verify(folder):
     """Check an artifact folder: manifest format, every file's sha256, and that each artifact loads."""
     from msf_export.manifest import read_manifest, verify_files
 
+    from msf_export.manifest import stale_staging
+
     m = read_manifest(folder)
     verify_files(folder, m)
     loaded = load_check(folder, m)
     click.echo(f"{folder}: {m['engine']} export, {len(m['stages'])} stage(s) + decoder, all sha256 match{loaded}")
+    stale = stale_staging(folder)
+    if stale:
+        click.echo(f"note: {len(stale)} staging folder(s) left by an interrupted export ({stale[0].name}...); "
+                   f"the next msf-export into {folder} removes them, or delete them", err=True)
 
 
 def load_check(folder: Path, m: dict) -> str:

@@ -12,6 +12,7 @@ Safety rules (docs/EXPORT.md):
 """
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from msf_train.checkpoint import WEIGHTS_FILE, load_stage, load_stage_config, read_cascade, sha256_file
+from msf_train import outdir
 from msf_train.errors import MsfError
 from msf_export import manifest as mf
 
@@ -138,7 +140,7 @@ def check_out_dir(out: Path, sources: dict, fp: str, force: bool) -> tuple[dict 
         return None, False
     if not out.is_dir():
         raise MsfError(f"--out {out} exists and is not a folder")
-    if not any(p for p in out.iterdir() if not p.name.startswith(".msf-staging")):
+    if not outdir.user_entries(out):
         return None, False
     if not mf.has_manifest(out):
         if force:
@@ -211,11 +213,6 @@ def _export_one(opts: ExportOptions, name: str, module, reference, inputs, outpu
 def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, command: list[str] | None = None,
                    progress: bool = True, log=print) -> ExportResult:
     """Export every stage of the cascade in ``model_dir`` and its VAE decoder into ``out``."""
-    from tqdm import tqdm
-
-    from msf_train.model import export_contract
-    from msf_train.vae import LatentDecoder, decoder_contract, load_vae
-
     start = time.perf_counter()
     out = Path(out)
     sources = describe_sources(model_dir)
@@ -232,7 +229,25 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
     if up_to_date:
         return ExportResult("up-to-date", out, old, time.perf_counter() - start)
 
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        with outdir.lock(out, "msf-export"):  # one writer at a time; a killed export's staging is stale now
+            for stale in mf.stale_staging(out):
+                shutil.rmtree(stale, ignore_errors=True)
+            return _export_locked(model_dir, out, opts, sources, tools, target, fp, old, command, progress, start)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # a failed first export leaves nothing behind
+        raise
+
+
+def _export_locked(model_dir, out: Path, opts: ExportOptions, sources, tools, target, fp, old, command, progress,
+                   start) -> ExportResult:
+    from tqdm import tqdm
+
+    from msf_train.model import export_contract
+    from msf_train.vae import LatentDecoder, decoder_contract, load_vae
+
     staging = Path(tempfile.mkdtemp(prefix=".msf-staging-", dir=out))
     try:
         stage_dirs, vae_dir = read_cascade(model_dir)
@@ -265,6 +280,9 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
             files, check, more = _export_one(opts, name, module, model, inputs, outputs, staging, num_classes, batch)
+            if not all(math.isfinite(check[k]) for k in ("max_abs", "mean_abs")):
+                raise MsfError(f"the {name} artifact's parity against PyTorch is not finite (max {check['max_abs']}, "
+                               f"mean {check['mean_abs']}): the export or the weights are broken; nothing was written")
             main = files[0].name
             entries.append({
                 "name": name, "kind": kind, **extra, "precision": precision,

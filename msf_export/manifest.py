@@ -27,6 +27,7 @@ import json
 import platform
 from pathlib import Path
 
+from msf_train import schema
 from msf_train.checkpoint import atomic_write_json, read_json, sha256_file
 from msf_train.errors import MsfError
 from msf_train.model import TensorSpec
@@ -102,10 +103,13 @@ def read_manifest(folder, engine: str | None = None) -> dict:
         raise MsfError(f"{path} names unknown engine {m.get('engine')!r}; known: {', '.join(ENGINES)}")
     if engine is not None and m["engine"] != engine:
         raise MsfError(f"{folder} holds a {m['engine']} export, not {engine}: use --backend {m['engine']} or re-export")
-    for key in ("stages", "decoder", "batch", "precision"):
-        if key not in m:
-            raise MsfError(f"{path} lacks '{key}': damaged manifest, re-export with msf-export --force")
+    schema.manifest(m, path)  # every field typed and in range, one line naming the field
     return m
+
+
+def stale_staging(folder) -> list[Path]:
+    """Staging folders left by an export that was killed (a running export holds the folder's lock)."""
+    return sorted(p for p in Path(folder).glob(".msf-staging-*") if p.is_dir())
 
 
 def entries(manifest: dict) -> list[dict]:

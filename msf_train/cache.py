@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msf_train import schema
 from msf_train.checkpoint import atomic_save_safetensors, atomic_write_json, read_json
 from msf_train.errors import MsfError
 
@@ -53,13 +54,12 @@ def parse_scales(spec) -> tuple[int, int]:
 # ---- building ----------------------------------------------------------------------------------
 def build_cache(vae_folder, data, out, *, scales=DEMO_SCALES, classes=None, per_class: int = 100, seed: int = 0,
                 batch: int = 64, device: str = "auto", workers: int | None = None, shard_size: int = 8192,
-                dtype: str = "float16", show_progress: bool = True, log=print) -> dict:
+                dtype: str = "float16", show_progress: bool = True, log=print, force: bool = False) -> dict:
     """Encode a dataset ('shapes' or an ImageNet-style folder) into a cache folder. Returns the index.
 
     Re-running with the same VAE, data and sizes over a complete cache is a no-op."""
     from msf_train import data as D
-    from msf_train.train import progress, resolve_device
-    from msf_train.vae import default_workers, encode, load_vae, vae_identity
+    from msf_train.vae import vae_identity
 
     base_lat, full_lat = int(scales[0]), int(scales[-1])
     if dtype not in DTYPES:
@@ -80,11 +80,38 @@ def build_cache(vae_folder, data, out, *, scales=DEMO_SCALES, classes=None, per_
     if old.is_file():
         try:
             prev = json.loads(old.read_text())
-            if all(prev.get(k) == v for k, v in key.items()) and prev.get("count"):
-                log(f"cache {out} is up to date ({prev['count']} images); nothing to do")
-                return prev
         except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
+            prev = None
+        if isinstance(prev, dict) and all(prev.get(k) == v for k, v in key.items()) and prev.get("count"):
+            log(f"cache {out} is up to date ({prev['count']} images); nothing to do")
+            return prev
+        if isinstance(prev, dict) and prev.get("kind") == KIND and _source(prev) != _source(key) and not force:
+            raise MsfError(f"--out {out} holds a cache of other inputs (VAE, data, scales, dtype or seed differ): "
+                           f"choose another folder, or pass --force to rebuild it")
+    if batch < 1 or shard_size < 1:
+        raise MsfError("--batch and --shard-size must be >= 1")
+    from msf_train import outdir
+
+    is_cache = lambda f: (f / INDEX_FILE).is_file() or any(f.glob("shard-*.safetensors"))  # noqa: E731
+    with outdir.claim(out, "msf-train cache", _source(key), force, recognise=is_cache):
+        return _encode(vae_folder, data, dataset, out, key, base_lat, full_lat, full_px, base_px, factor, seed,
+                       batch, device, workers, shard_size, dtype, show_progress, log)
+
+
+def _source(key: dict) -> dict:
+    """What makes a cache folder "the same inputs": VAE, data source, sizes, dtype, seed. An image
+    folder counts by its path: after adding images, rebuilding into the same --out is a refresh."""
+    data = key.get("data") or {}
+    if isinstance(data, dict) and data.get("kind") == "folder":
+        data = {"kind": "folder", "root": data.get("root")}
+    return {k: key.get(k) for k in ("vae", "scales", "dtype", "seed")} | {"data": data}
+
+
+def _encode(vae_folder, data, dataset, out, key, base_lat, full_lat, full_px, base_px, factor, seed, batch, device,
+            workers, shard_size, dtype, show_progress, log) -> dict:
+    from msf_train import data as D
+    from msf_train.util import default_workers, progress, resolve_device
+    from msf_train.vae import encode, load_vae
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -157,10 +184,10 @@ def build_cache(vae_folder, data, out, *, scales=DEMO_SCALES, classes=None, per_
 def _noise(seed: int, ids: list[int], which: int, channels: int, side: int) -> torch.Tensor:
     """The latent sampling noise of each image, seeded by (seed, image position, full/base): the cache
     does not depend on the batch size or the device."""
-    from msf_train.train import _step_seed
+    from msf_train.util import step_seed
 
     return torch.stack([torch.randn(channels, side, side, generator=torch.Generator().manual_seed(
-        _step_seed(seed, i, which, 0xCAC4E))) for i in ids])
+        step_seed(seed, i, which, 0xCAC4E))) for i in ids])
 
 
 def _vae_factor(folder) -> int:
@@ -205,10 +232,9 @@ class LatentCache:
         if not self.folder.is_dir():
             raise MsfError(f"latent cache not found: {self.folder} (make one with msf-train cache)")
         meta = read_json(self.folder / INDEX_FILE, "latent cache index")
-        if meta.get("kind") != KIND:
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
             raise MsfError(f"{self.folder} is not a latent cache (its {INDEX_FILE} is not msf-train cache's)")
-        if meta.get("format", 0) > FORMAT:
-            raise MsfError(f"{self.folder} has cache format {meta['format']}, newer than this msf ({FORMAT}): upgrade msf")
+        schema.cache_index(meta, self.folder / INDEX_FILE)
         self.meta = meta
         self.labels = np.asarray(meta["labels"], dtype=np.int64)
         self.count = int(meta["count"])

@@ -15,14 +15,15 @@ Nothing here unpickles: weights are safetensors, metadata is JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from msf_train import schema
 from msf_train.config import ModelConfig
 from msf_train.errors import MsfError
 
@@ -62,7 +63,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Strict JSON (no NaN/Infinity: `schema.dumps`), written atomically."""
+    atomic_write_bytes(path, schema.dumps(obj, path).encode())
 
 
 def atomic_save_safetensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
@@ -71,7 +73,13 @@ def atomic_save_safetensors(path, tensors: dict[str, torch.Tensor], metadata: di
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except Exception as e:  # safetensors reports I/O failures as its own error: give back the OSError
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,14 +94,9 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_json(path, what: str = "file") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MsfError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MsfError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); re-create it") from None
+def read_json(path, what: str = "file"):
+    """A JSON file, parsed strictly (`schema.load`); MsfError in one line if missing or invalid."""
+    return schema.load(path, what)
 
 
 # ---- stage folders -----------------------------------------------------------------------------
@@ -105,26 +108,33 @@ def save_stage(folder, state_dict: dict[str, torch.Tensor], cfg: ModelConfig, **
     return folder
 
 
-def _read_versioned(folder: Path, name: str, what: str) -> dict:
-    """JSON file `name` in model folder `folder`, refusing a format newer than this msf writes."""
+def load_stage_config(folder) -> tuple[ModelConfig, dict]:
+    """The stage's config.json, every field checked (`schema.stage_config`)."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise MsfError(f"model folder not found: {folder}")
-    meta = read_json(folder / name, what)
-    if meta.get("format", 0) > FORMAT:
-        raise MsfError(f"{folder / name} has format {meta['format']}, newer than this msf ({FORMAT}): upgrade msf")
-    return meta
+    return schema.stage_config(read_json(folder / CONFIG_FILE, "stage config"), folder / CONFIG_FILE)
 
 
-def load_stage_config(folder) -> tuple[ModelConfig, dict]:
-    folder = Path(folder)
-    meta = _read_versioned(folder, CONFIG_FILE, "stage config")
-    if "model" not in meta:
-        raise MsfError(f"{folder / CONFIG_FILE} has no 'model' config: not an msf stage folder")
-    return ModelConfig.from_dict(meta["model"]), meta
+def _read_weights(wpath: Path, device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(wpath), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise MsfError(f"cannot read {wpath}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                       f"the file is damaged, re-create it") from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
+    """Every tensor finite, or one line naming the first bad one (a diverged run or damaged file)."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise MsfError(f"{where}: tensor {k} holds {bad} NaN/infinite value(s); the weights are unusable "
+                           f"(a diverged training run or a damaged file): retrain or restore them")
 
 
 def load_stage(folder, device="cpu"):
-    """-> (cfg, model in eval mode). Weights must match the config exactly."""
+    """-> (cfg, model in eval mode). Weights must match the config exactly and be finite."""
     from msf_train.model import build_model
 
     folder = Path(folder)
@@ -132,14 +142,21 @@ def load_stage(folder, device="cpu"):
     wpath = folder / WEIGHTS_FILE
     if not wpath.is_file():
         raise MsfError(f"weights not found: {wpath}")
-    try:
-        sd = load_file(str(wpath), device=str(device))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise MsfError(f"cannot read {wpath}: {e}; the file is damaged, re-create it") from None
+    sd = _read_weights(wpath, device)
     model = build_model(cfg, device)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
     if missing or unexpected:
-        raise MsfError(f"{wpath} does not match preset {cfg.name}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        raise MsfError(f"{wpath} does not match preset {cfg.name} in {folder / CONFIG_FILE}: missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]}; pair the weights with the config.json they were saved with")
+    for k, v in want.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise MsfError(f"{wpath}: tensor {k} has shape {tuple(sd[k].shape)} but {folder / CONFIG_FILE} "
+                           f"(hidden_size {cfg.hidden_size}, depth {cfg.depth}, patch_size {cfg.patch_size}, ...) "
+                           f"needs {tuple(v.shape)}; pair the weights with the config.json they were saved with")
+    check_finite(sd, wpath)
+    model.load_state_dict(sd)
     return cfg, model.eval()
 
 
@@ -150,19 +167,30 @@ def write_cascade(folder, stages: list[str], vae: str) -> Path:
     return folder
 
 
-def read_cascade(folder) -> tuple[list[Path], Path]:
-    """-> (stage folders in scale order, vae folder), checked for existence and consistency."""
+def read_cascade(folder, check_vae: bool = True) -> tuple[list[Path], Path]:
+    """-> (stage folders in scale order, vae folder), checked for existence and consistency; with
+    `check_vae`, each stage's recorded VAE (sha256, factors) must be the cascade's VAE."""
     folder = Path(folder)
-    meta = _read_versioned(folder, CASCADE_FILE, "cascade description")
-    stages = [folder / s for s in meta.get("stages", [])]
-    if not stages:
-        raise MsfError(f"{folder / CASCADE_FILE} lists no stages")
-    vae = folder / meta.get("vae", "vae")
+    if not folder.is_dir():
+        raise MsfError(f"model folder not found: {folder}")
+    path = folder / CASCADE_FILE
+    meta = schema.cascade(read_json(path, "cascade description"), path)
+    stages = [folder / s for s in meta["stages"]]
+    vae = folder / meta["vae"]
     for p in stages + [vae]:
         if not p.is_dir():
-            raise MsfError(f"{folder / CASCADE_FILE} names {p}, which does not exist")
-    cfgs = [load_stage_config(s)[0] for s in stages]
-    check_cascade(cfgs)
+            raise MsfError(f"{path} names {p}, which does not exist")
+    metas = [load_stage_config(s) for s in stages]
+    check_cascade([c for c, _ in metas])
+    if check_vae and any("vae" in m for _, m in metas):
+        from msf_train.vae import same_vae, vae_identity
+
+        mine = vae_identity(vae)
+        for s, (_, m) in zip(stages, metas):
+            if "vae" in m and not same_vae(m["vae"], mine):
+                raise MsfError(f"{s / CONFIG_FILE} records VAE sha256 {m['vae']['sha256'][:12]} (scaling "
+                               f"{m['vae']['scaling_factor']:g}) but {vae} is sha256 {mine['sha256'][:12]} (scaling "
+                               f"{mine['scaling_factor']:g}): put back the VAE the stage was trained with")
     return stages, vae
 
 

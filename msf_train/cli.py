@@ -12,11 +12,21 @@ Multi-process: torchrun --nproc_per_node N -m msf_train.cli scale0 ... (gloo on 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
 from msf_train.cliutil import MsfGroup, version_option
+
+# Option types with ranges: a bad value is one line at parse time, before torch loads.
+POS_INT = click.IntRange(min=1)
+NONNEG_INT = click.IntRange(min=0)
+SEED = click.IntRange(0, 2 ** 63 - 1)
+POS_FLOAT = click.FloatRange(min=0.0, min_open=True, max=1e6)
+NONNEG_FLOAT = click.FloatRange(min=0.0, max=1e6)
+FORCE = click.option("--force", is_flag=True, help="write into a non-empty --out that is not an earlier output of "
+                     "this command for the same inputs (replacing what it holds)")
 from msf_train.config import PRESETS, get_preset
 
 
@@ -71,28 +81,30 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="VAE folder to write (save_pretrained layout)")
-@click.option("--steps", default=5000, show_default=True)
-@click.option("--batch", default=32, show_default=True)
-@click.option("--lr", default=4e-4, show_default=True)
-@click.option("--size", default=128, show_default=True, help="training image side in pixels")
-@click.option("--crop", default=None, type=int, help="train on random crops of this side (cheaper; default: whole images)")
+@click.option("--steps", default=5000, show_default=True, type=POS_INT)
+@click.option("--batch", default=32, show_default=True, type=POS_INT)
+@click.option("--lr", default=4e-4, show_default=True, type=POS_FLOAT)
+@click.option("--size", default=128, show_default=True, type=click.IntRange(8, 4096), help="training image side in pixels")
+@click.option("--crop", default=None, type=click.IntRange(8, 4096), help="train on random crops of this side (cheaper; default: whole images)")
 @click.option("--widths", default="32,64,64,64", show_default=True, help="channels of the 4 levels (f8)")
 @click.option("--mid-attention/--no-mid-attention", default=True, show_default=True,
               help="self-attention in the encoder's and decoder's mid blocks")
-@click.option("--kl", "kl_weight", default=1e-6, show_default=True, help="KL weight (SD's per-image weighting)")
-@click.option("--mse", "mse_weight", default=0.0, show_default=True,
+@click.option("--kl", "kl_weight", default=1e-6, show_default=True, type=NONNEG_FLOAT, help="KL weight (SD's per-image weighting)")
+@click.option("--mse", "mse_weight", default=0.0, show_default=True, type=NONNEG_FLOAT,
               help="weight of a squared-error term added to the L1 loss (PSNR is a squared error)")
 @click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="start from this VAE folder (fine-tune; --widths and --mid-attention are then its own)")
 @click.option("--classes", default=None, help="shapes classes: a count (20) or ids/ranges (0,5,10-19); default all 1000")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=None, type=int, help="DataLoader workers rendering images (default: cores - 1, <= 12)")
-@click.option("--scale-images", default=1024, show_default=True, help="images to measure the latent std on")
-@click.option("--max-minutes", default=None, type=float, help="stop training after this many minutes (then save)")
-@click.option("--log-every", default=50, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--workers", default=None, type=click.IntRange(0, 256),
+              help="DataLoader workers rendering images (default: cores - 1, <= 12)")
+@click.option("--scale-images", default=1024, show_default=True, type=POS_INT, help="images to measure the latent std on")
+@click.option("--max-minutes", default=None, type=POS_FLOAT, help="stop training after this many minutes (then save)")
+@click.option("--log-every", default=50, show_default=True, type=POS_INT)
 @_device_option
+@FORCE
 def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, classes, seed,
-        workers, scale_images, max_minutes, log_every, device):
+        workers, scale_images, max_minutes, log_every, device, force):
     """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
 
     Saves it in the save_pretrained layout with scaling_factor = 1 / std of its latents on the data;
@@ -104,7 +116,7 @@ def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse
     s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
                   mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
                   classes=parse_classes(classes), seed=seed, device=device, workers=workers,
-                  scale_images=scale_images, log_every=log_every, max_minutes=max_minutes)
+                  scale_images=scale_images, log_every=log_every, max_minutes=max_minutes, force=force)
     click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.4f}, "
                f"PSNR {s['psnr_db']:.1f} dB (border/interior error {s['border_to_interior_mse']:.2f}), "
                f"scaling_factor {s['scaling_factor']:.5g}, {s['train_wall_s']:.0f} s")
@@ -117,20 +129,21 @@ def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse
 @click.option("--scales", default="12,16", show_default=True,
               help="base,full latent sides (12,16 = the demo's 96/128 px; the paper's is 24,32)")
 @click.option("--classes", default=None, help="shapes only: a count (20) or ids/ranges (0,5,10-19); default all 1000")
-@click.option("--per-class", default=100, show_default=True, help="shapes only: images per class")
-@click.option("--seed", default=0, show_default=True, help="shapes render seed and latent sampling seed")
-@click.option("--batch", default=64, show_default=True)
-@click.option("--workers", default=None, type=int, help="DataLoader workers (default: cores - 1, <= 12)")
-@click.option("--shard-size", default=8192, show_default=True, help="images per shard")
+@click.option("--per-class", default=100, show_default=True, type=POS_INT, help="shapes only: images per class")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="shapes render seed and latent sampling seed")
+@click.option("--batch", default=64, show_default=True, type=POS_INT)
+@click.option("--workers", default=None, type=click.IntRange(0, 256), help="DataLoader workers (default: cores - 1, <= 12)")
+@click.option("--shard-size", default=8192, show_default=True, type=POS_INT, help="images per shard")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
 @_device_option
-def cache(vae_dir, data, out, scales, classes, per_class, seed, batch, workers, shard_size, dtype, device):
+@FORCE
+def cache(vae_dir, data, out, scales, classes, per_class, seed, batch, workers, shard_size, dtype, device, force):
     """Encode every image once at the full and the base resolution (the inputs of Algorithm 1)."""
     from msf_train.cache import build_cache, parse_scales
 
     idx = build_cache(vae_dir, data, out, scales=parse_scales(scales), classes=classes, per_class=per_class,
                       seed=seed, batch=batch, device=device, workers=workers, shard_size=shard_size, dtype=dtype,
-                      log=click.echo)
+                      log=click.echo, force=force)
     click.echo(f"cache {out}: {idx['count']} images, latents {idx['base_size']}/{idx['full_size']}, "
                f"{len(idx['shards'])} shard(s), {idx['skipped']} skipped")
 
@@ -139,15 +152,17 @@ def _train_command(stage: str, summary: str):
     @click.option("--preset", default=f"demo/{stage}", show_default=True)  # = train.DEFAULT_PRESETS
     @click.option("--cache", "cache_dir", required=True, help="latent cache folder (msf-train cache)")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="stage folder to write")
-    @click.option("--steps", default=10000, show_default=True, help="total optimizer steps")
-    @click.option("--batch", default=64, show_default=True, help="global batch (split across processes)")
-    @click.option("--lr", default=1e-4, show_default=True, help="AdamW learning rate (the paper: 3e-4 at batch 2560)")
-    @click.option("--warmup", default=0, show_default=True, help="linear LR warm-up steps")
-    @click.option("--ema", default=0.9999, show_default=True, help="EMA decay (warmed up as (1+s)/(10+s))")
-    @click.option("--save-every", default=1000, show_default=True, help="checkpoint interval in steps")
-    @click.option("--log-every", default=50, show_default=True)
+    @click.option("--steps", default=10000, show_default=True, type=POS_INT, help="total optimizer steps")
+    @click.option("--batch", default=64, show_default=True, type=POS_INT, help="global batch (split across processes)")
+    @click.option("--lr", default=1e-4, show_default=True, type=POS_FLOAT,
+                  help="AdamW learning rate (the paper: 3e-4 at batch 2560)")
+    @click.option("--warmup", default=0, show_default=True, type=NONNEG_INT, help="linear LR warm-up steps")
+    @click.option("--ema", default=0.9999, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+                  help="EMA decay in [0, 1) (warmed up as (1+s)/(10+s))")
+    @click.option("--save-every", default=1000, show_default=True, type=POS_INT, help="checkpoint interval in steps")
+    @click.option("--log-every", default=50, show_default=True, type=POS_INT)
     @click.option("--resume", is_flag=True, help="continue from OUT's last checkpoint (or start if it has none)")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--time-sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "logit_normal"]))
     @click.option("--label-sharing", default="none", show_default=True, type=click.Choice(["none", "shapes"]),
                   help="shapes: each class row of the label table also learns from every class with the same "
@@ -157,25 +172,28 @@ def _train_command(stage: str, summary: str):
                   help="residual scales: 'auto' (1/std of the targets, measured on the cache) or a number; "
                        "default the preset's")
     @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
-    @click.option("--max-minutes", default=None, type=float,
+    @click.option("--max-minutes", default=None, type=POS_FLOAT,
                   help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
     @_device_option
+    @FORCE
     def command(preset, cache_dir, out, steps, batch, lr, warmup, ema, save_every, log_every, resume, seed,
-                time_sampling, label_sharing, vae_dir, residual_scale, compile_, max_minutes, device):
+                time_sampling, label_sharing, vae_dir, residual_scale, compile_, max_minutes, device, force):
         get_preset(preset)  # a typo fails here, before torch loads
         from msf_train.train import TrainOptions, train
 
         if residual_scale not in (None, "auto"):
             try:
-                float(residual_scale)
+                ok = math.isfinite(float(residual_scale)) and float(residual_scale) > 0
             except ValueError:
-                raise click.BadParameter(f"{residual_scale!r}: use 'auto' or a number",
-                                         param_hint="--residual-scale") from None
+                ok = False
+            if not ok:
+                raise click.BadParameter(f"{residual_scale!r}: use 'auto' or a positive number",
+                                         param_hint="--residual-scale")
         s = train(TrainOptions(stage=stage, preset=preset, cache=cache_dir, out=out, steps=steps, batch=batch, lr=lr,
                                warmup=warmup, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
                                seed=seed, time_sampling=time_sampling, label_sharing=label_sharing,
                                device=device, vae=vae_dir,
-                               residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes),
+                               residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes, force=force),
                   log=click.echo)
         if s.get("final_loss") is not None:
             click.echo(f"saved {out} at step {s['steps']}: loss {s['final_loss']:.4f}, {s['steps_per_s']:.2f} steps/s")
@@ -195,8 +213,10 @@ _train_command("dit", """Train a one-scale DiT baseline on the full latent (no p
 @click.option("--format", "fmt", type=click.Choice(["msf", "diffusers"]), default="msf", show_default=True,
               help="msf: a cascade folder for msf-run/msf-export; diffusers: each stage as a DiTTransformer2DModel "
                    "folder (OUT/scale<i>) and the VAE in OUT/vae (msf-train import-dit reads them back)")
+@click.option("--allow-unfinished", is_flag=True, help="assemble stages whose training stopped before its --steps")
+@FORCE
 @click.argument("stages", nargs=-1, required=True)
-def assemble(out, vae_dir, stages, fmt):
+def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
     """Make a cascade folder (msf-run --model OUT) from stage folders in scale order and a VAE.
 
     Only weights and configs are copied; each stage must record this VAE as its latents' source.
@@ -210,7 +230,8 @@ def assemble(out, vae_dir, stages, fmt):
         return
     from msf_train.train import assemble_cascade
 
-    assemble_cascade(out, list(stages), vae_dir)
+    assemble_cascade(out, list(stages), vae_dir, force=force, allow_unfinished=allow_unfinished,
+                     log=lambda m: click.echo(m, err=True))
     click.echo(f"cascade {out}: {', '.join(stages)} + {vae_dir}")
 
 

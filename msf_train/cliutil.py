@@ -11,9 +11,15 @@ Three layers, because a failure can happen at three levels:
    an end in one line. The child tells the supervisor through a pipe that it has already printed
    its message, so an ordinary error is reported once. `faulthandler` in the child adds the Python
    stack of a native crash above that line. MSF_NO_SUPERVISOR=1 runs in one process.
+
+Layer 1 maps by kind (issue #13, docs/RELIABILITY.md): OSError by errno (disk full, read-only file
+system, permission denied, missing files), the allocator running out ("out of memory", MemoryError),
+Ctrl-C; an exit code carried by the error (training stopped by a signal: 128 + signal) is kept.
+MSF_DEBUG=1 (or MSF_TRACEBACK=1) lets the exception through, and the traceback is printed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -23,6 +29,8 @@ import click
 
 from msf_train.errors import MsfError
 
+# click >= 8.2 signals "no arguments: show the help" with a UsageError subclass.
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 _REPORT_FD = "MSF_REPORT_FD"  # set by the supervisor in the child: where to say "I printed my error"
 
 
@@ -39,13 +47,46 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
+def debug() -> bool:
+    """MSF_DEBUG=1 or MSF_TRACEBACK=1: show tracebacks (for bug reports)."""
+    return "1" in (os.environ.get("MSF_DEBUG"), os.environ.get("MSF_TRACEBACK"))
+
+
+def _os_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else "an output file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device while writing {where}: free some space or write elsewhere"
+    if e.errno == errno.EROFS:
+        return f"read-only file system: cannot write {where}; choose a writable output folder"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {where}; choose a folder you can write (or fix its permissions)"
+    return f"{e.strerror or type(e).__name__}: {where}"
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and
+                                          ("out of memory" in text or "can't allocate memory" in text))
+
+
 def _one_line(invoke, ctx):
+    if debug():
+        return invoke(ctx)  # main()'s last resort prints the traceback, then the one line
     try:
         return invoke(ctx)
     except MsfError as e:
-        raise click.ClickException(one_line(e) or type(e).__name__) from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        raise click.ClickException(f"{e.strerror}: {e.filename}") from None
+        exc = click.ClickException(one_line(e) or type(e).__name__)
+        exc.exit_code = getattr(e, "exit_code", 1)  # e.g. 130: training stopped by Ctrl-C after saving
+        raise exc from None
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise click.ClickException(_os_message(e)) from None
+    except (RuntimeError, MemoryError) as e:
+        if not _is_oom(e):
+            raise
+        raise click.ClickException(f"out of memory ({first_line(e)[:200]}); use a smaller --batch or a machine "
+                                   f"with more memory") from None
 
 
 def _said() -> None:
@@ -58,7 +99,18 @@ def _said() -> None:
             pass
 
 
+def _close_progress_bars() -> None:
+    """Finish any progress bar now, so that the error line is the last thing on stderr."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+
+
 def _fail(message: str, code: int = 1) -> int:
+    _close_progress_bars()
     click.echo(f"Error: {one_line(message)}", err=True)
     _said()
     return code
@@ -69,6 +121,18 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
+
+
+def _die_with_parent() -> None:
+    """In the child (Linux): get SIGKILL when the supervisor dies, so that `kill -9` of the command
+    stops the work too (an orphaned child would keep training and hold the output folder's lock)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def supervise(prog: str) -> int | None:
@@ -86,7 +150,12 @@ def supervise(prog: str) -> int | None:
     env = {**os.environ, _REPORT_FD: str(w)}
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
     try:
-        child = subprocess.Popen(argv, env=env, pass_fds=(w,))
+        try:
+            child = subprocess.Popen(argv, env=env, pass_fds=(w,), preexec_fn=_die_with_parent)
+        except OSError:  # cannot start a child (e.g. not allowed to exec the interpreter): run here
+            os.close(r)
+            os.close(w)
+            return None
         os.close(w)
         # A launcher (torchrun, a job scheduler) that stops us must stop the work too.
         old_term = signal.signal(signal.SIGTERM, lambda num, frame: child.send_signal(num))
@@ -137,6 +206,9 @@ class _OneLineMain:
             pass
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_HELP as e:  # a bare group: click shows its help
+            e.show()
+            sys.exit(e.exit_code)
         except click.UsageError as e:  # click prints usage + hint + error: keep the error, say where help is
             hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
             sys.exit(_fail(f"{e.format_message()}{hint}", e.exit_code))
@@ -151,7 +223,7 @@ class _OneLineMain:
                 sys.exit(_fail(e.code))
             sys.exit(_fail(f"{prog} stopped with status {e.code}", int(e.code)))
         except Exception as e:  # noqa: BLE001 - the last resort: one line, the traceback on request
-            if os.environ.get("MSF_TRACEBACK") == "1":
+            if debug():
                 import traceback
 
                 traceback.print_exc()

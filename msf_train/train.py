@@ -25,11 +25,11 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import os
 import shutil
-import sys
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msf_train import factorize, flow
+from msf_train import factorize, flow, outdir, schema
 from msf_train.checkpoint import (CONFIG_FILE, atomic_save_safetensors, atomic_write_bytes,
                                   atomic_write_json, read_json, save_stage)
 from msf_train.config import ModelConfig, get_preset
 from msf_train.errors import MsfError
 from msf_train.labels import share_label_gradients
+from msf_train.util import JsonlLog, autocast, progress, resolve_device, step_seed
 
 STATE_DIR = "state"
 LATEST = "latest.json"
@@ -51,64 +52,6 @@ SUMMARY_FILE = "train.json"
 STAGES = ("scale0", "scale1", "dit")
 DEFAULT_PRESETS = {s: f"demo/{s}" for s in STAGES}  # what `msf-train STAGE` trains without --preset
 GPU_CACHE_FRACTION = 0.25  # a cache smaller than this share of free GPU memory lives on the GPU
-
-
-# ---- small shared helpers (also used by msf_train.vae and msf_train.cache) ---------------------
-def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MsfError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-        dev = torch.device(name)
-        return torch.device("cuda", local_rank) if dev.index is None else dev
-    if name != "cpu":
-        raise MsfError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def progress(total: int, initial: int = 0, enabled: bool = True, **kw):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
-                file=sys.stderr, **kw)
-
-
-class JsonlLog:
-    """Append-only JSON lines. `truncate_after=S` first drops records with step > S (a resumed run
-    rewrites what the killed run logged after its checkpoint); -1 starts a new log."""
-
-    def __init__(self, path, truncate_after: int | None = None):
-        self.path = Path(path)
-        self.last: dict = {}
-        if truncate_after is not None and self.path.exists():
-            keep = []
-            if truncate_after >= 0:
-                for line in self.path.read_text().splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a kill
-                    if rec.get("step", 0) <= truncate_after:
-                        keep.append(line)
-            atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
-
-    def write(self, record: dict) -> None:
-        self.last = record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _step_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -180,6 +123,7 @@ class TrainOptions:
     compile: bool = False
     progress: bool = True
     max_minutes: float | None = None  # wall-clock budget: stop at the next log interval past it, then save
+    force: bool = False  # write into a non-empty --out that holds no training output
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -252,7 +196,7 @@ class Batches:
         if epoch not in self._perms:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            rng = np.random.default_rng(_step_seed(self.seed, epoch, 0xDA7A))
+            rng = np.random.default_rng(step_seed(self.seed, epoch, 0xDA7A))
             self._perms[epoch] = rng.permutation(self.cache.count)
         return self._perms[epoch]
 
@@ -308,11 +252,18 @@ def latest_checkpoint(out) -> tuple[int, Path] | None:
     p = Path(out) / STATE_DIR / LATEST
     if not p.is_file():
         return None
-    meta = read_json(p, "checkpoint pointer")
-    d = Path(out) / STATE_DIR / meta["dir"]
+    step, name = schema.latest(read_json(p, "checkpoint pointer"), p)
+    d = Path(out) / STATE_DIR / name
     if not (d / "trainer.json").is_file():
         raise MsfError(f"{p} names {d}, which is incomplete; delete {p.parent} to start over")
-    return int(meta["step"]), d
+    return step, d
+
+
+def has_checkpoint(out) -> bool:
+    try:
+        return latest_checkpoint(out) is not None
+    except MsfError:
+        return True  # something is there: never delete it
 
 
 def save_checkpoint(out: Path, step: int, raw: torch.nn.Module, ema: dict, opt, cfg: ModelConfig,
@@ -342,8 +293,10 @@ def load_checkpoint(sdir: Path, raw: torch.nn.Module, ema: dict, opt, device) ->
         for k, v in load_file(str(sdir / "ema.safetensors"), device=str(device)).items():
             ema[k].copy_(v)
         st = torch.load(sdir / "optimizer.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, KeyError) as e:
-        raise MsfError(f"cannot resume from {sdir}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, RuntimeError, KeyError, safetensors' own SafetensorError
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise MsfError(f"cannot resume from {sdir}: {first}; the checkpoint is damaged: delete {sdir.parent} to "
+                       f"start over (or restore it)") from None
     opt.load_state_dict(st["optimizer"])
     torch.set_rng_state(st["rng"]["cpu"])
     if "cuda" in st["rng"] and device.type == "cuda" and len(st["rng"]["cuda"]) == torch.cuda.device_count():
@@ -395,7 +348,7 @@ class Stepper:
         o, cfg = self.opts, self.cfg
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
-        gen = torch.Generator(self.device).manual_seed(_step_seed(o.seed, self.dist.rank, step, 0x5EED))
+        gen = torch.Generator(self.device).manual_seed(step_seed(o.seed, self.dist.rank, step, 0x5EED))
         y = flow.drop_labels(y, o.label_dropout, cfg.null_class, gen)
         with autocast(self.device):
             loss = flow.flow_loss(self.fwd, x, y, prior, time_mode=o.time_sampling, generator=gen)
@@ -416,13 +369,7 @@ def train(opts: TrainOptions, log=print) -> dict:
     """Train one stage; returns the summary (also written to OUT/train.json by rank 0)."""
     from msf_train.cache import LatentCache
 
-    if opts.time_sampling not in ("uniform", "logit_normal"):
-        raise MsfError(f"--time-sampling {opts.time_sampling!r}: use uniform or logit_normal")
-    for name in ("steps", "batch", "save_every", "log_every"):
-        if getattr(opts, name) < 1:
-            raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
-    if opts.max_minutes is not None and opts.max_minutes <= 0:
-        raise MsfError(f"--max-minutes must be > 0, got {opts.max_minutes}")
+    validate_options(opts)
     cfg = stage_config(opts.stage, opts.preset)
     cache = LatentCache(opts.cache)
     check_cache_fits(cfg, cache)
@@ -430,21 +377,124 @@ def train(opts: TrainOptions, log=print) -> dict:
     if opts.vae:
         cache.check_vae(opts.vae)
     out = Path(opts.out)
+    command = f"msf-train {opts.stage}"
+    outdir.check_claim(out, command, force=opts.force, recognise=_is_stage_output)
     found = latest_checkpoint(out)
     if found and not opts.resume:
         raise MsfError(f"{out} already holds a checkpoint at step {found[0]}: pass --resume to continue it, "
                        f"or choose another --out")
     if not found and (out / CONFIG_FILE).exists() and not opts.resume:
         raise MsfError(f"{out} already holds a model; choose another --out")
+    if found:
+        check_resume_options(read_json(found[1] / "trainer.json", "trainer state"), opts, out)
 
-    dist, dev = Dist.from_env(opts.device)
-    try:
-        return _train(opts, cfg, cache, out, found, dist, dev, log)
-    finally:
-        dist.close()
+    # Rank 0 owns the output folder: it holds the lock (a second training on OUT is refused).
+    main = int(os.environ.get("RANK", "0")) == 0
+    guard = outdir.claim(out, command, force=opts.force, recognise=_is_stage_output,
+                         keep=has_checkpoint) if main else contextlib.nullcontext()
+    with guard, StopSignals() as stop:
+        dist, dev = Dist.from_env(opts.device)
+        try:
+            return _train(opts, cfg, cache, out, found, dist, dev, log, stop)
+        finally:
+            dist.close()
 
 
-def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
+class Interrupted(MsfError):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM set a flag instead of killing the run: the loop finishes its step, saves a
+    checkpoint and raises `Interrupted`. A second signal acts as usual (the handler is restored)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def requested(self, dist: "Dist", at_log: bool, device) -> bool:
+        """One process: at once. Several: at log intervals, all together (any rank's signal stops all)."""
+        if dist.world == 1:
+            return self.signum is not None
+        if not at_log:
+            return False
+        flag = torch.tensor([float(self.signum is not None)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _is_stage_output(folder: Path) -> bool:
+    """A training output folder written before output markers existed."""
+    return (folder / STATE_DIR).is_dir() or (folder / CONFIG_FILE).is_file()
+
+
+# Options that decide what a step computes: a resumed run must use the values it started with.
+RESUME_FIXED = ("batch", "lr", "warmup", "ema", "seed", "time_sampling", "label_sharing", "weight_decay",
+                "grad_clip", "label_dropout")
+
+
+def validate_options(opts: TrainOptions) -> None:
+    """Ranges of every option (the CLI checks them too; this guards the Python API)."""
+    if opts.time_sampling not in ("uniform", "logit_normal"):
+        raise MsfError(f"--time-sampling {opts.time_sampling!r}: use uniform or logit_normal")
+    for name in ("steps", "batch", "save_every", "log_every"):
+        if getattr(opts, name) < 1:
+            raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+    if opts.max_minutes is not None and not (opts.max_minutes > 0 and math.isfinite(opts.max_minutes)):
+        raise MsfError(f"--max-minutes must be > 0, got {opts.max_minutes}")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise MsfError(f"--lr must be a positive number, got {opts.lr}")
+    if not (0.0 <= opts.ema < 1.0):
+        raise MsfError(f"--ema must be in [0, 1) (a decay; 0.9999 is usual), got {opts.ema}")
+    if opts.warmup < 0:
+        raise MsfError(f"--warmup must be >= 0, got {opts.warmup}")
+    if not 0 <= opts.seed < 2 ** 63:
+        raise MsfError(f"--seed must be in 0..2^63-1, got {opts.seed}")
+    if not (math.isfinite(opts.grad_clip) and opts.grad_clip > 0) or not 0.0 <= opts.label_dropout < 1.0 \
+            or not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
+        raise MsfError("grad_clip must be > 0, label_dropout in [0, 1) and weight_decay >= 0")
+    if opts.residual_scale not in (None, "auto"):
+        try:
+            rs = float(opts.residual_scale)
+        except ValueError:
+            rs = float("nan")
+        if not (math.isfinite(rs) and rs > 0):
+            raise MsfError(f"--residual-scale {opts.residual_scale!r}: use 'auto' or a positive number")
+
+
+def check_resume_options(saved: dict, opts: TrainOptions, out: Path) -> None:
+    """A resumed run replays the interrupted one exactly only with the same step-defining options."""
+    old = saved.get("options", {})
+    for k in RESUME_FIXED:
+        if k in old and old[k] != getattr(opts, k):
+            flag = "--" + k.replace("_", "-")
+            raise MsfError(f"the checkpoint in {out} was trained with {flag} {old[k]}, not {getattr(opts, k)}: "
+                           f"resume with {flag} {old[k]} (or train into another --out)")
+
+
+def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals | None = None) -> dict:
+    stop = stop or StopSignals()
     if opts.batch % dist.world:
         raise MsfError(f"--batch {opts.batch} is not divisible by the {dist.world} processes")
     local_batch = opts.batch // dist.world
@@ -477,6 +527,7 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
                            f"choose another --out")
         if saved.get("vae", {}).get("sha256") != cache.vae["sha256"]:
             raise MsfError(f"the checkpoint in {out} was trained on latents of another VAE than cache {cache.folder}")
+        check_resume_options(saved, opts, out)
         start = int(saved["step"])
         if dist.main:
             log(f"resuming {out} from step {start}")
@@ -514,6 +565,8 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
         bar.update(1)
         done = step + 1
         last = done == opts.steps
+        if stop.requested(dist, done % opts.log_every == 0, dev):
+            last = True  # save a checkpoint below, then stop
         if opts.max_minutes is not None and done % opts.log_every == 0:
             # Every process must stop at the same step: rank 0's clock decides for all.
             flag = torch.tensor([float(time.time() - t0 > 60 * opts.max_minutes)], device=dev)
@@ -543,6 +596,9 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
         if last:
             break
     bar.close()
+    if stop.signum is not None and done < opts.steps:
+        raise Interrupted(f"interrupted by {signal.Signals(stop.signum).name} at step {done}: checkpoint saved in "
+                          f"{out}; continue with the same command and --resume", stop.signum)
 
     shas = dist.all_gather(weights_sha256(st.raw.state_dict()))
     if dist.main:
@@ -561,22 +617,79 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log) -> dict:
 
 
 # ---- cascade assembly --------------------------------------------------------------------------
-def assemble_cascade(out, stages: list, vae) -> Path:
+def assemble_cascade(out, stages: list, vae, *, force: bool = False, allow_unfinished: bool = False,
+                     log=print) -> Path:
     """Copy stage folders (weights + config only, no training state) and a VAE folder into a cascade
-    folder that msf-run and msf-export read. The stages must form one cascade in scale order, and each
-    stage must have been trained on latents of this VAE (its config records the VAE identity)."""
+    folder that msf-run and msf-export read. The stages must form one cascade in scale order, each
+    stage must have been trained on latents of this VAE (its config records the VAE identity) and
+    have finished its planned steps (or stopped by its --max-minutes budget, which is said)."""
     from msf_train.checkpoint import WEIGHTS_FILE, write_cascade
     from msf_train.vae import weights_file
 
     out = Path(out)
+    check_no_overlap(out, [*stages, vae])
     metas = check_assembly(stages, vae)
-    names = []
-    for s, (c, _) in zip(stages, metas):
-        name = f"scale{c.scale_index}"
-        _copy_files(Path(s), out / name, [WEIGHTS_FILE, CONFIG_FILE])
-        names.append(name)
-    _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
-    return write_cascade(out, names, "vae")
+    for s, (_, meta) in zip(stages, metas):
+        _check_finished(Path(s), meta, allow_unfinished, log)
+    key = {"stages": [str(Path(p).resolve()) for p in stages], "vae": str(Path(vae).resolve())}
+    with outdir.claim(out, "msf-train assemble", key, force, recognise=_is_legacy_cascade):
+        names = []
+        for s, (c, _) in zip(stages, metas):
+            name = f"scale{c.scale_index}"
+            _copy_files(Path(s), out / name, [WEIGHTS_FILE, CONFIG_FILE])
+            names.append(name)
+        _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+        return write_cascade(out, names, "vae")
+
+
+def check_no_overlap(out: Path, sources: list) -> None:
+    """Writing into an input (or an input into the output) would destroy it while it is being read."""
+    for src in map(Path, sources):
+        a, b = Path(out).resolve(), src.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise MsfError(f"--out {out} overlaps the input {src}: write the cascade to a folder of its own")
+
+
+def _check_finished(stage: Path, meta: dict, allow_unfinished: bool, log) -> None:
+    """A stage whose training stopped before its planned steps (killed, interrupted) is refused; one
+    stopped by its own --max-minutes budget is reported."""
+    try:
+        found = latest_checkpoint(stage)
+        trainer = read_json(found[1] / "trainer.json", "trainer state") if found else None
+    except MsfError:
+        return  # no readable training state (e.g. a stage copied out of a cascade): nothing to compare
+    planned = (trainer or {}).get("options", {}).get("steps")
+    step = meta.get("step")
+    if not isinstance(planned, int) or not isinstance(step, int) or step >= planned:
+        return
+    summary = stage / SUMMARY_FILE
+    by_time = False
+    if summary.is_file():
+        try:
+            rec = read_json(summary, "training summary")
+            by_time = bool(rec.get("stopped_by_time")) and rec.get("steps") == step
+        except MsfError:
+            pass
+    if by_time:
+        log(f"note: {stage} stopped by its --max-minutes budget at step {step} of {planned}")
+    elif not allow_unfinished:
+        raise MsfError(f"stage {stage} stopped at step {step} of {planned} (killed or interrupted): finish it with "
+                       f"msf-train ... --resume, or pass --allow-unfinished to assemble it as it is")
+    else:
+        log(f"note: {stage} is unfinished: step {step} of {planned}")
+
+
+def _is_legacy_cascade(folder: Path) -> bool:
+    """A cascade assembled before output markers existed: our names only, a valid cascade.json."""
+    from msf_train.checkpoint import CASCADE_FILE
+
+    try:
+        meta = schema.cascade(read_json(folder / CASCADE_FILE, "cascade"), folder / CASCADE_FILE)
+    except MsfError:
+        return False
+    ours = set(meta["stages"]) | {meta["vae"], CASCADE_FILE}
+    return meta["vae"] == "vae" and all(s.startswith("scale") for s in meta["stages"]) \
+        and set(outdir.user_entries(folder)) <= ours
 
 
 def check_assembly(stages: list, vae) -> list[tuple[ModelConfig, dict]]:

@@ -60,8 +60,11 @@ def load_vae(folder, device="cpu", dtype=torch.float32):
     dlogging.set_verbosity_error()  # loader chatter (accelerate hints) is not for msf's users
     try:
         vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise MsfError(f"cannot load the VAE in {folder}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # diffusers/safetensors raise many types for damaged or mismatched files
+        raise MsfError(f"cannot load the VAE in {folder}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    from msf_train.checkpoint import check_finite
+
+    check_finite(dict(vae.state_dict()), folder)
     return vae.to(device).eval()
 
 
@@ -128,16 +131,27 @@ def weights_file(folder) -> Path:
     raise MsfError(f"{folder} has no VAE weights ({' or '.join(WEIGHT_FILES)})")
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def vae_identity(folder) -> dict:
     """What a latent cache and a stage folder record about their VAE: the sha256 of its weights file,
-    its latent factors and class. Two VAEs with the same record encode identically."""
+    its latent factors and class. Two VAEs with the same record encode identically. The hash is
+    remembered per (file, size, mtime) for the life of the process (msf-run checks it at load)."""
     from msf_train.checkpoint import sha256_file
 
     cls = vae_class_name(folder)
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    return {"class": cls, "sha256": sha256_file(weights_file(folder)),
-            "scaling_factor": float(cfg.get("scaling_factor") or 1.0),
-            "shift_factor": float(cfg.get("shift_factor") or 0.0)}
+    w = weights_file(folder)
+    st = w.stat()
+    key = (str(w.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(w)
+    try:
+        factors = float(cfg.get("scaling_factor") or 1.0), float(cfg.get("shift_factor") or 0.0)
+    except (TypeError, ValueError):
+        raise MsfError(f"{Path(folder) / 'config.json'}: scaling_factor and shift_factor must be numbers") from None
+    return {"class": cls, "sha256": _SHA_MEMO[key], "scaling_factor": factors[0], "shift_factor": factors[1]}
 
 
 def same_vae(a: dict, b: dict) -> bool:
@@ -201,7 +215,7 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
               widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
               init=None, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
-              show_progress: bool = True, max_minutes: float | None = None) -> dict:
+              show_progress: bool = True, max_minutes: float | None = None, force: bool = False) -> dict:
     """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
     measured on the data: scaling_factor = 1 / std of the raw latents.
 
@@ -210,16 +224,39 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one. AdamW, gradient clipping at 1,
     bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
     `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
+    from msf_train import outdir
+
+    opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, mid_attention=mid_attention,
+                kl_weight=kl_weight, mse_weight=mse_weight, init=init, classes=classes, seed=seed, device=device,
+                workers=workers, scale_images=scale_images, log_every=log_every, show_progress=show_progress,
+                max_minutes=max_minutes)
+    for name, v in (("steps", steps), ("batch", batch), ("scale_images", scale_images), ("log_every", log_every)):
+        if v < 1:
+            raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not (math.isfinite(lr) and lr > 0) or kl_weight < 0 or mse_weight < 0:
+        raise MsfError("--lr must be > 0, --kl and --mse >= 0")
+    for name, v in (("size", size), ("crop", crop or size)):
+        if v % 8:
+            raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
+    if init is not None and Path(init).resolve() == Path(out).resolve():
+        raise MsfError(f"--init and --out are the same folder ({out}): write the fine-tuned VAE to a new folder")
+    key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()
+           if k not in ("device", "workers", "show_progress", "log_every", "max_minutes")}
+    key["init"] = str(Path(init).resolve()) if init is not None else None
+    key["classes"] = None if classes is None else list(classes)
+    with outdir.claim(out, "msf-train vae", key, force):
+        return _train_vae(out, **opts)
+
+
+def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init, classes, seed,
+               device, workers, scale_images, log_every, show_progress, max_minutes) -> dict:
     import time
 
     from msf_train import data
     from msf_train.checkpoint import atomic_write_json
-    from msf_train.train import JsonlLog, autocast, progress, resolve_device
+    from msf_train.util import JsonlLog, autocast, default_workers, progress, resolve_device
 
     out = Path(out)
-    for name, v in (("size", size), ("crop", crop or size)):
-        if v % 8:
-            raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
@@ -334,11 +371,3 @@ def save_vae(vae, folder) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def default_workers() -> int:
-    """DataLoader workers for rendering/decoding images: leave a core for the main process."""
-    import os
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(12, n - 1))

@@ -130,7 +130,7 @@ def peak_memory_line(dev) -> str:
 @version_option("msf-run")
 @click.option("--class", "class_ids", default="330", show_default=True,
               help="Class id(s), comma separated, e.g. 330 or 1,2,3; each in [0, num_classes).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 2 ** 32),
               help="Image j of the output uses seed+j, so an image depends only on its seed and class.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images PER CLASS: --class 1,2 --batch 4 makes 8 images (a 2x4 grid, one row per class).")
@@ -216,6 +216,10 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
     pipe = Pipeline.load(model_dir, backend, dev, dtype, compile_mode or compile_)
     plan = pipe.plan(steps, cfg_list, solver, shift)
     sampler.check_classes(pipe.cfgs, classes)
+    from runtime.memory import check_memory
+
+    n = len(classes) * batch  # --batch 100000: refuse before sampling, with the figure
+    check_memory(pipe.stages, pipe.decoder, n, plan, save_scales, dev, per_call=min(n, pipe.chunk_size(plan) or n))
 
     y = [c for c in classes for _ in range(batch)]  # class-major: one grid row per class
     use_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph

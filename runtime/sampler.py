@@ -195,6 +195,16 @@ def decode(decoder: Engine, latent: torch.Tensor, clock: Clock | None = None) ->
     return _call(clock, decoder, {"latent": latent})["image"]
 
 
+def check_finite_output(x: torch.Tensor, name: str, i: int) -> None:
+    """A stage's output must be finite: NaN would decode to a black image and exit 0. One host sync
+    per stage; skipped while a CUDA graph is being captured (the eager warm-up run checks)."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise MsfError(f"stage {i} ({name}) produced NaN/infinite values: its weights or export are broken, or the "
+                       f"precision overflows (try --dtype fp32)")
+
+
 @torch.no_grad()
 def run_cascade(stages: Sequence[Stage], decoder: Engine | None, y: torch.Tensor, noises: Sequence[torch.Tensor],
                 grids: Sequence[torch.Tensor], plan: Plan, save_scales: bool = False, clock: Clock | None = None):
@@ -213,6 +223,7 @@ def run_cascade(stages: Sequence[Stage], decoder: Engine | None, y: torch.Tensor
             # Eq. 7 on all channels; w == 1 gives the bare model: one forward per step, no doubled batch.
             velocity = flow.guided(engine_model(engine, clock), plan.cfg[i], cfg.null_class)
             f_i = solve(velocity, noises[i], grids[i], y=y, prior=prior)  # (B, C, h_i, w_i)
+            check_finite_output(f_i, cfg.name, i)
             if cfg.residual_scale != 1.0:
                 f_i = f_i * cfg.residual_scale  # the model learned target / residual_scale
             acc = factorize.accumulate(acc, f_i, full)  # (B, C, h_N, w_N), line 9

@@ -77,18 +77,24 @@ def test_aoti_export_failure_is_one_line_with_quiet(tmp_path_factory, tmp_path):
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
+EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of b""
+
+
 def _fake_aoti_folder(tmp_path, torch_version: str):
     """A manifest-only aoti folder (no packages): enough to reach the checks that come before loading."""
     spec = lambda n, s: {"name": n, "shape": s, "dtype": "float32"}  # noqa: E731
     from msf_train.config import get_preset
 
     cfg = get_preset("tiny/scale0").to_dict()
-    entry = {"name": "scale0", "kind": "denoiser", "config": cfg, "artifact": "scale0.pt2", "files": {},
+    entry = {"name": "scale0", "kind": "denoiser", "config": cfg, "artifact": "scale0.pt2", "files": {"scale0.pt2": EMPTY_SHA},
+             "parity": {"max_abs": 0.0, "mean_abs": 0.0},
              "inputs": [spec("x", ["batch", 4, 4, 4])], "outputs": [spec("v", ["batch", 4, 4, 4])], "precision": "fp32"}
-    dec = {**entry, "name": "decoder", "kind": "decoder", "artifact": "decoder.pt2"}
+    dec = {**entry, "name": "decoder", "kind": "decoder", "artifact": "decoder.pt2", "files": {"decoder.pt2": EMPTY_SHA}}
     m = {"format": 1, "kind": "msf-export", "engine": "aoti", "precision": "fp32", "device": "cpu",
          "batch": {"min": 1, "opt": 2, "max": 4}, "stages": [entry], "decoder": dec, "tools": {"torch": torch_version}}
     (tmp_path / "manifest.json").write_text(json.dumps(m))
+    for name in ("scale0.pt2", "decoder.pt2"):  # empty stand-ins, hash-checked like real packages
+        (tmp_path / name).write_bytes(b"")
     return tmp_path
 
 

@@ -37,7 +37,9 @@ class TargetVelocity(Engine):
     def run(self, feeds):
         self.calls.append({k: v.clone() for k, v in feeds.items()})
         x, t = feeds["x"], feeds["t"]
-        return {"v": (_repeat(self.target, x.shape[0]) - x) / (1 - t).view(-1, 1, 1, 1)}
+        # Heun evaluates at t = 1, where 1 - t = 0: keep the velocity finite there (the sampler refuses
+        # non-finite stage outputs); Euler never evaluates at t = 1, so its result stays exact.
+        return {"v": (_repeat(self.target, x.shape[0]) - x) / (1 - t).clamp_min(1e-3).view(-1, 1, 1, 1)}
 
 
 class StraightVelocity(Engine):
