@@ -204,6 +204,10 @@ def _no_stages(m):
     del m["stages"]
 
 
+def _config_field(m):
+    m["stages"][1]["config"]["wings"] = 2
+
+
 def _min_batch_4(m):  # as an export with --min-batch 4 (the manifest is not hashed, its artifacts are)
     m["stages"][0]["batch"]["min"] = 4
 
@@ -218,7 +222,9 @@ CASES = {
     "manifest not json": (lambda a: (a / "manifest.json").write_text("{not json"), [], ["is not valid JSON"], False),
     "newer format": (lambda a: _edit_manifest(a, _format2), [], ["has format 2, newer than this msf reads (1)"], True),
     "not an msf manifest": (lambda a: _edit_manifest(a, _kind), [], ["is not an msf-export manifest"], True),
-    "damaged manifest": (lambda a: _edit_manifest(a, _no_stages), [], ["lacks 'stages': damaged manifest"], True),
+    "damaged manifest": (lambda a: _edit_manifest(a, _no_stages), [], ["field 'stages' is missing; re-export with msf-export --force"], True),
+    "config of a newer msf": (lambda a: _edit_manifest(a, _config_field), [],
+                              ["'stages[1].config' has unknown fields ['wings']; it was written by a newer msf"], True),
     "another engine": (lambda a: _edit_manifest(a, _engine_onnx), [], ["holds a onnx export, not aoti"], False),
     "artifact for another device": (lambda a: _edit_manifest(a, _device_cuda), ["--device", "cpu"],
                                     ["scale0.pt2 was compiled for cuda, not cpu: run it with --device cuda"], True),

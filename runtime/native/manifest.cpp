@@ -1,7 +1,7 @@
 // Reading and checking manifest.json (see manifest.h). Every message below is the Python runtime's
 // (msf_export/manifest.py, msf_train/config.py, msf_train/checkpoint.py, runtime/backend_aoti.py)
-// word for word where the Python runtime has one; the few checks Python leaves to a KeyError get a
-// message of the same shape.
+// word for word for the common refusals (msf_train/schema.py checks every field's type and range
+// too; a wrongly typed field is refused here as well, in nlohmann-json's words).
 #include "manifest.h"
 
 #include <openssl/evp.h>
@@ -33,11 +33,11 @@ std::string value_repr(const json* v) {
   return v->dump();
 }
 
-// A field a well-formed manifest always has; its absence means the file is damaged.
-const json& need(const json& obj, const std::string& key, const fs::path& path, const std::string& where) {
+// A field a well-formed manifest always has; its absence means the file is damaged
+// (msf_train.schema.Fields.get's words; prefix: "", "stages[0].", "decoder.").
+const json& need(const json& obj, const std::string& key, const fs::path& path, const std::string& prefix) {
   if (!obj.is_object() || !obj.contains(key))
-    throw MsfError(path.string() + " lacks '" + key + "'" + (where.empty() ? "" : " in " + where) +
-                   ": damaged manifest, " + kForce);
+    throw MsfError(path.string() + ": field '" + prefix + key + "' is missing; " + kForce);
   return obj.at(key);
 }
 
@@ -51,8 +51,8 @@ BatchRange read_batch(const json& j) {
   return {j.at("min").get<int>(), j.value("opt", j.at("min").get<int>()), j.at("max").get<int>()};
 }
 
-// msf_train.config.ModelConfig.from_dict + __post_init__: the same refusals, the same words.
-StageConfig read_config(const json& d) {
+// The fields themselves (see read_config).
+StageConfig read_config_fields(const json& d, const fs::path& path, const std::string& prefix) {
   static const std::set<std::string> known = {"name", "depth", "hidden_size", "num_heads", "patch_size",
                                               "latent_size", "in_channels", "has_prior", "num_classes",
                                               "mlp_ratio", "scale_index", "scale_sizes", "residual_scale",
@@ -62,7 +62,8 @@ StageConfig read_config(const json& d) {
     if (!known.count(k)) unknown.push_back(k);
   std::sort(unknown.begin(), unknown.end());
   if (!unknown.empty())
-    throw MsfError("config has unknown fields " + py::list(unknown) + "; it was written by a newer msf: upgrade msf");
+    throw MsfError(path.string() + ": '" + prefix.substr(0, prefix.size() - 1) + "' has unknown fields " + py::list(unknown) +
+                   "; it was written by a newer msf: upgrade msf");
   StageConfig c;
   c.name = d.at("name").get<std::string>();
   const int hidden = d.at("hidden_size").get<int>(), heads = d.at("num_heads").get<int>();
@@ -97,16 +98,28 @@ StageConfig read_config(const json& d) {
   return c;
 }
 
+// msf_train.schema.model_config + ModelConfig.__post_init__: the same refusals, the same words.
+StageConfig read_config(const json& d, const fs::path& path, const std::string& prefix) {
+  try {
+    return read_config_fields(d, path, prefix);
+  } catch (const MsfError& e) {
+    const std::string m = e.what();
+    if (m.rfind(path.string() + ":", 0) == 0) throw;
+    throw MsfError(path.string() + ": " + m + "; " + kForce);
+  }
+}
+
 Entry read_entry(const json& j, const fs::path& path, const std::string& where, const BatchRange& fallback) {
   Entry e;
-  for (const char* key : {"name", "kind", "artifact", "files", "inputs", "outputs"}) need(j, key, path, where);
+  for (const char* key : {"name", "files", "artifact", "inputs", "outputs", "kind"}) need(j, key, path, where);
   e.name = j.at("name").get<std::string>();
   e.kind = j.at("kind").get<std::string>();
   e.artifact = j.at("artifact").get<std::string>();
   for (const auto& [name, digest] : j.at("files").items()) e.files.emplace_back(name, digest.get<std::string>());
   for (const auto& s : j.at("inputs")) e.inputs.push_back(read_spec(s));
   for (const auto& s : j.at("outputs")) e.outputs.push_back(read_spec(s));
-  if (e.inputs.empty() || e.outputs.empty()) throw MsfError(path.string() + ": " + where + " names no inputs or outputs: damaged manifest, " + kForce);
+  if (e.inputs.empty() || e.outputs.empty())
+    throw MsfError(path.string() + ": field '" + where + (e.inputs.empty() ? "inputs" : "outputs") + "' is empty; " + kForce);
   e.batch = j.contains("batch") ? read_batch(j.at("batch")) : fallback;
   return e;
 }
@@ -178,7 +191,7 @@ Manifest Manifest::open(const fs::path& folder_in, const std::string& engine) {
   if (m.engine_ != engine)
     throw MsfError(folder.string() + " holds a " + m.engine_ + " export, not " + engine + ": run it with msf-run --backend " +
                    m.engine_ + " or re-export with msf-export --engine " + engine);
-  for (const char* key : {"stages", "decoder", "batch", "precision"}) need(j, key, path, "");
+  for (const char* key : {"precision", "batch", "stages", "decoder"}) need(j, key, path, "");
   try {
     m.precision_ = j["precision"].get<std::string>();
     m.device_ = j.value("device", std::string("cpu"));
@@ -187,10 +200,10 @@ Manifest Manifest::open(const fs::path& folder_in, const std::string& engine) {
     m.batch_ = read_batch(j["batch"]);
     const json& stages = j["stages"];
     if (!stages.is_array() || stages.empty())
-      throw MsfError(path.string() + " lists no stages: damaged manifest, " + kForce);
+      throw MsfError(path.string() + ": field 'stages' lists no stages; " + kForce);
     for (size_t i = 0; i < stages.size(); ++i)
-      m.stages_.push_back(read_entry(stages[i], path, "stage " + std::to_string(i), m.batch_));
-    m.decoder_ = read_entry(j["decoder"], path, "the decoder", m.batch_);
+      m.stages_.push_back(read_entry(stages[i], path, "stages[" + std::to_string(i) + "].", m.batch_));
+    m.decoder_ = read_entry(j["decoder"], path, "decoder.", m.batch_);
   } catch (const json::exception& e) {
     throw MsfError(path.string() + " is damaged (" + json_reason(e) + "): " + kForce);
   }
@@ -198,7 +211,8 @@ Manifest Manifest::open(const fs::path& folder_in, const std::string& engine) {
   // Configs are read after the hashes, as Python does (load_artifacts: open_export, then stage_config).
   try {
     for (size_t i = 0; i < m.stages_.size(); ++i)
-      m.stages_[i].config = read_config(need(j["stages"][i], "config", path, "stage " + std::to_string(i)));
+      m.stages_[i].config = read_config(need(j["stages"][i], "config", path, "stages[" + std::to_string(i) + "]."), path,
+                                        "stages[" + std::to_string(i) + "].config.");
   } catch (const json::exception& e) {
     throw MsfError(path.string() + " has a damaged stage config (" + json_reason(e) + "): " + kForce);
   }
