@@ -26,7 +26,8 @@ class AotiEngine(ArtifactEngine):
         self.capturable = device.type == "cuda"
 
     def _run(self, feeds):
-        feeds = {k: v.to(self.device) for k, v in feeds.items()}
+        # contiguous: the compiled kernels assume dense inputs; flow._tvec hands over an expanded (B,) t
+        feeds = {k: v.to(self.device).contiguous() for k, v in feeds.items()}
         out = self.runner(**feeds)
         if isinstance(out, (list, tuple)):
             out = out[0]
