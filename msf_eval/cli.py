@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup, version_option
+from msf_train.cliutil import MsfGroup, check_writable, version_option
 from msf_train.errors import MsfError
 
 ROOT = Path(__file__).resolve().parent
@@ -43,22 +43,6 @@ def parse_class_spec(spec: str) -> list[int]:
         raise MsfError(f"--classes {spec!r} names no class; use e.g. 0-999:10 or 330,336")
     return out
 
-
-def check_writable(path: Path | None, what: str) -> None:
-    """Fail before sampling if an output file cannot be written (it is written atomically later)."""
-    if path is None:
-        return
-    import tempfile
-
-    path = Path(path)
-    if path.is_dir():
-        raise MsfError(f"{what} {path} is a folder; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise MsfError(f"cannot write {what} {path}: {e.strerror or e}; choose a writable path") from None
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})

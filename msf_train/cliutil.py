@@ -269,3 +269,29 @@ def version_option(prog: str):
 
     return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
                         help="Show the version and exit.")
+
+
+def check_writable(path, what: str) -> None:
+    """Fail before any work if the output file `path` cannot be written (it is written atomically
+    later): not a folder, its nearest existing ancestor a folder, and a probe file can be created there."""
+    import tempfile
+    from pathlib import Path
+
+    from msf_train.errors import MsfError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise MsfError(f"{what} {path} is a folder; give a file name")
+    for folder in path.parents:  # the nearest existing ancestor must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise MsfError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise MsfError(f"cannot write {what} {path}: {e.strerror or e}; choose a writable path") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfCommand, version_option
+from msf_train.cliutil import MsfCommand, check_writable, version_option
 from msf_train.errors import MsfError
 
 DEMO_MODEL = Path(__file__).resolve().parent / "weights" / "demo-msf"
@@ -42,17 +42,7 @@ def check_output(out: Path) -> None:
         raise MsfError(f"--out must be a .png path, got {out}")
     if out.is_dir():
         raise MsfError(f"--out {out} is a folder; give a file name such as {out / 'img.png'}")
-    for folder in out.parents:  # the nearest existing ancestor must be a folder
-        if folder.exists():
-            if not folder.is_dir():
-                raise MsfError(f"cannot write --out {out}: {folder} is a file, not a folder")
-            break
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise MsfError(f"cannot write --out {out}: {e.strerror or e}") from None
+    check_writable(out, "--out")
 
 
 def check_out_dir(folder: Path) -> None:
