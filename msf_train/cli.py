@@ -224,7 +224,7 @@ def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
     if fmt == "diffusers":
         from msf_train.interop import write_diffusers_cascade
 
-        written = write_diffusers_cascade(out, list(stages), vae_dir)
+        written = write_diffusers_cascade(out, list(stages), vae_dir, force=force)
         click.echo(f"diffusers folders {', '.join(map(str, written))} + {out}/vae "
                    "(DiTTransformer2DModel.from_pretrained loads each)")
         return
@@ -247,7 +247,8 @@ def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
 @click.option("--parameterization", default=None, type=click.Choice(["eps-ddpm", "velocity"]),
               help="what the network predicts [default: eps-ddpm, as the released DiTs; a folder written by "
                    "msf-train assemble --format diffusers records its own]")
-def import_dit(source, out, vae_dir, heads, parameterization):
+@FORCE
+def import_dit(source, out, vae_dir, heads, parameterization, force):
     """Import a released DiT: a facebookresearch/DiT .pt (DiT-XL-2-256x256.pt) or a diffusers
     DiTTransformer2DModel / DiTPipeline folder, as an msf stage that samples like ours.
 
@@ -257,7 +258,7 @@ def import_dit(source, out, vae_dir, heads, parameterization):
     """
     from msf_train.interop import describe, import_dit as run_import
 
-    stage = run_import(source, out, vae_dir, heads, parameterization)
+    stage = run_import(source, out, vae_dir, heads, parameterization, force=force)
     what = "cascade folder" if stage != out else "stage folder (add --vae for a cascade)"
     click.echo(f"imported {source} -> {out}, {what}: {describe(stage)}")
 

@@ -283,31 +283,50 @@ def write_diffusers_stage(folder, cfg: ModelConfig, sd: dict[str, torch.Tensor],
     return folder
 
 
-def write_diffusers_cascade(out, stages: list, vae) -> list[Path]:
-    """`msf-train assemble --format diffusers`: every stage as a diffusers folder out/scale<i>, the VAE in out/vae."""
+def write_diffusers_cascade(out, stages: list, vae, force: bool = False) -> list[Path]:
+    """`msf-train assemble --format diffusers`: every stage as a diffusers folder out/scale<i>, the VAE in
+    out/vae. The output folder follows msf_train.outdir's rule (nothing a user wrote is replaced
+    without --force)."""
     from safetensors.torch import load_file
 
+    from msf_train import outdir
     from msf_train.checkpoint import WEIGHTS_FILE
-    from msf_train.train import _copy_files, check_assembly
+    from msf_train.train import _copy_files, check_assembly, check_no_overlap
     from msf_train.vae import weights_file
 
     out = Path(out)
+    check_no_overlap(out, [*stages, vae])
+    checked = check_assembly(stages, vae)  # every input read and checked before the folder is touched
+    key = {"stages": [str(Path(s).resolve()) for s in stages], "vae": str(Path(vae).resolve())}
     written = []
-    for s, (cfg, meta) in zip(stages, check_assembly(stages, vae)):
-        sd = load_file(str(Path(s) / WEIGHTS_FILE))
-        extra = {k: v for k, v in meta.items() if k not in ("format", "model")}
-        written.append(write_diffusers_stage(out / f"scale{cfg.scale_index}", cfg, sd, extra))
-    _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+    with outdir.claim(out, "msf-train assemble --format diffusers", key, force, recognise=_is_diffusers_cascade):
+        for s, (cfg, meta) in zip(stages, checked):
+            sd = load_file(str(Path(s) / WEIGHTS_FILE))
+            extra = {k: v for k, v in meta.items() if k not in ("format", "model")}
+            written.append(write_diffusers_stage(out / f"scale{cfg.scale_index}", cfg, sd, extra))
+        _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
     return written
 
 
-def import_dit(src, out, vae=None, heads: int | None = None, parameterization: str | None = None) -> Path:
+def _is_diffusers_cascade(folder: Path) -> bool:
+    """An earlier `assemble --format diffusers` output from before output folders were marked."""
+    return (folder / "scale0" / CONFIG_FILE).is_file() and (folder / "vae" / CONFIG_FILE).is_file()
+
+
+def _is_import(folder: Path) -> bool:
+    """An earlier `import-dit` output (a stage or a one-stage cascade) from before folders were marked."""
+    return (folder / CONFIG_FILE).is_file() or (folder / "cascade.json").is_file()
+
+
+def import_dit(src, out, vae=None, heads: int | None = None, parameterization: str | None = None,
+               force: bool = False) -> Path:
     """A DiT checkpoint (facebookresearch `.pt`) or diffusers folder -> an msf stage folder at ``out``,
     or, with a VAE folder (or a DiTPipeline folder's own vae/), a one-stage cascade folder
     (out/scale0, out/vae, out/cascade.json) that msf-run and msf-export take as they are.
     Returns the stage folder written."""
+    from msf_train import outdir
     from msf_train.checkpoint import sha256_file
-    from msf_train.train import _copy_files
+    from msf_train.train import _copy_files, check_no_overlap
     from msf_train.vae import vae_identity, weights_file
 
     src, out = Path(src), Path(out)
@@ -330,10 +349,14 @@ def import_dit(src, out, vae=None, heads: int | None = None, parameterization: s
     if vae is not None:
         meta["vae"] = vae_identity(vae)  # the user vouches that these latents are this VAE's
     stage = out / "scale0" if vae is not None else out
-    save_stage(stage, ours, cfg, **meta)
-    if vae is not None:
-        _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
-        write_cascade(out, ["scale0"], "vae")
+    check_no_overlap(out, [p for p in (src, vae) if p is not None and Path(p).is_dir()])
+    key = {"source": str(src.resolve()), "vae": None if vae is None else str(Path(vae).resolve()), "heads": heads,
+           "parameterization": parameterization}
+    with outdir.claim(out, "msf-train import-dit", key, force, recognise=_is_import):
+        save_stage(stage, ours, cfg, **meta)
+        if vae is not None:
+            _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+            write_cascade(out, ["scale0"], "vae")
     return stage
 
 

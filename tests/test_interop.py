@@ -261,3 +261,35 @@ def test_imported_reference_dit_samples_with_msf_run_and_exports_to_onnx(tmp_pat
     images = [sample(*load_cascade(tmp_path / name, backend), [3, 7], seeds=0, plan=plan).image
               for name, backend in (("dit", "torch"), ("onnx", "onnx"))]
     assert (images[0] - images[1]).abs().max() < 1e-3
+
+
+# ---- output folders: the rule of msf_train.outdir ------------------------------------------------
+def test_import_and_diffusers_assembly_never_replace_a_users_folder(tmp_path):
+    """import-dit and assemble --format diffusers follow the output-folder rule: a folder holding a
+    user's file is refused in one line and left as it was; --force writes; the same command for the
+    same inputs may write its own earlier output again (no --force needed)."""
+    diffusers_dit().save_pretrained(tmp_path / "dit")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = msf_train("import-dit", tmp_path / "dit", "--out", mine)
+    err = r.stderr.strip()
+    assert r.returncode != 0 and "\n" not in err and "Traceback" not in err and "--force" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert msf_train("import-dit", tmp_path / "dit", "--out", mine, "--force").returncode == 0
+    assert load_stage(mine)[0].parameterization == "eps-ddpm"
+    r = msf_train("import-dit", tmp_path / "dit", "--out", tmp_path / "stage")
+    assert r.returncode == 0 and msf_train("import-dit", tmp_path / "dit", "--out", tmp_path / "stage").returncode == 0
+    r = msf_train("import-dit", tmp_path / "dit", "--out", tmp_path / "dit" / "inside")  # into its own input
+    assert r.returncode != 0 and "overlaps" in r.stderr, r.stderr
+
+    vae = write_random_vae(tmp_path / "vae")
+    cfg = get_preset("tiny/dit")
+    stage = save_stage(tmp_path / "s0", random_model_state(cfg, std=0.05), cfg, vae=vae_identity(vae))
+    r = msf_train("assemble", "--format", "diffusers", "--out", mine, "--vae", vae, stage)
+    assert r.returncode != 0 and "--force" in r.stderr and (mine / "notes.txt").read_text() == "keep me"
+    hf = tmp_path / "hf"
+    for _ in range(2):  # the second run replaces its own output
+        r = msf_train("assemble", "--format", "diffusers", "--out", hf, "--vae", vae, stage)
+        assert r.returncode == 0, r.stderr
+    assert (hf / "scale0" / "config.json").is_file() and (hf / "vae" / "config.json").is_file()
