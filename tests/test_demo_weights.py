@@ -7,6 +7,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 MSF, DIT = ROOT / "runtime" / "weights" / "demo-msf", ROOT / "runtime" / "weights" / "demo-dit"
 CLASSIFIER = ROOT / "msf_eval" / "weights" / "shapes-classifier"
+# Of 10 palettes asked for, how many the shipped MSF demo must draw: it draws 10 on the development CPU
+# (docs/RESULTS.md: 98.4% over 500 classes); 8 leaves room for other CPUs' float rounding.
+PALETTE_HITS_MIN = 8
 
 
 @pytest.mark.parametrize("folder, presets", [(MSF, ["demo/scale0", "demo/scale1"]), (DIT, ["demo/dit"])])
@@ -42,3 +45,20 @@ def test_shipped_classifier_is_an_instrument_to_trust():
     y = torch.arange(0, 1000, 7)  # 143 classes: every shape, palette and texture
     acc = accuracy(model.predict(_render_batch(y, torch.arange(len(y)), 5, meta["size"])), y)
     assert acc["class"] >= 0.95, acc
+
+
+def test_shipped_demo_draws_the_palette_it_is_asked_for():
+    """The demo issue's first promise, measured with its instrument: for ten classes, one per palette
+    (class 111 k: shape, palette and texture k), the shapes classifier reads the asked palette in the
+    shipped MSF demo's samples (msf-run's seeds and CFG, 50 + 25 steps). docs/RESULTS.md has the
+    500-class figures; this pins that the shipped weights keep drawing the class's colours."""
+    from msf_eval.classifier import attributes_of, load_classifier
+    from msf_eval.evaluate import to_uint8
+    from runtime.pipeline import Pipeline
+
+    classes = [111 * k for k in range(10)]
+    pipe = Pipeline.load(MSF, device="cpu")
+    images = to_uint8(pipe.generate(classes, seed=0, plan=pipe.plan((50, 25))).image)
+    clf, _ = load_classifier(CLASSIFIER)
+    palette_hits = (clf.predict(images)[:, 1] == attributes_of(torch.tensor(classes))[:, 1]).sum().item()
+    assert palette_hits >= PALETTE_HITS_MIN, f"{palette_hits}/10 palettes drawn"
