@@ -228,7 +228,7 @@ def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
         click.echo(f"diffusers folders {', '.join(map(str, written))} + {out}/vae "
                    "(DiTTransformer2DModel.from_pretrained loads each)")
         return
-    from msf_train.train import assemble_cascade
+    from msf_train.assemble import assemble_cascade
 
     assemble_cascade(out, list(stages), vae_dir, force=force, allow_unfinished=allow_unfinished,
                      log=lambda m: click.echo(m, err=True))

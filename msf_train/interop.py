@@ -290,21 +290,18 @@ def write_diffusers_cascade(out, stages: list, vae, force: bool = False) -> list
     from safetensors.torch import load_file
 
     from msf_train import outdir
+    from msf_train.assemble import copy_vae, prepare
     from msf_train.checkpoint import WEIGHTS_FILE
-    from msf_train.train import _copy_files, check_assembly, check_no_overlap
-    from msf_train.vae import weights_file
 
     out = Path(out)
-    check_no_overlap(out, [*stages, vae])
-    checked = check_assembly(stages, vae)  # every input read and checked before the folder is touched
-    key = {"stages": [str(Path(s).resolve()) for s in stages], "vae": str(Path(vae).resolve())}
+    checked, key = prepare(out, stages, vae)
     written = []
     with outdir.claim(out, "msf-train assemble --format diffusers", key, force, recognise=_is_diffusers_cascade):
         for s, (cfg, meta) in zip(stages, checked):
             sd = load_file(str(Path(s) / WEIGHTS_FILE))
             extra = {k: v for k, v in meta.items() if k not in ("format", "model")}
             written.append(write_diffusers_stage(out / f"scale{cfg.scale_index}", cfg, sd, extra))
-        _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+        copy_vae(vae, out / "vae")
     return written
 
 
@@ -325,9 +322,9 @@ def import_dit(src, out, vae=None, heads: int | None = None, parameterization: s
     (out/scale0, out/vae, out/cascade.json) that msf-run and msf-export take as they are.
     Returns the stage folder written."""
     from msf_train import outdir
+    from msf_train.assemble import check_no_overlap, copy_vae
     from msf_train.checkpoint import sha256_file
-    from msf_train.train import _copy_files, check_no_overlap
-    from msf_train.vae import vae_identity, weights_file
+    from msf_train.vae import vae_identity
 
     src, out = Path(src), Path(out)
     if src.is_dir():
@@ -355,7 +352,7 @@ def import_dit(src, out, vae=None, heads: int | None = None, parameterization: s
     with outdir.claim(out, "msf-train import-dit", key, force, recognise=_is_import):
         save_stage(stage, ours, cfg, **meta)
         if vae is not None:
-            _copy_files(Path(vae), out / "vae", [weights_file(vae).name, "config.json"])
+            copy_vae(vae, out / "vae")
             write_cascade(out, ["scale0"], "vae")
     return stage
 

@@ -15,14 +15,13 @@ import time
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from msf_eval.classifier import ATTRIBUTES, attributes_of, load_classifier
-from msf_eval.evaluate import to_uint8
+from msf_eval.classifier import ATTRIBUTES, accuracy, attributes_of, load_classifier
+from msf_eval.evaluate import REFERENCE_SEED, to_uint8
 from msf_train.data import class_name, render
 from runtime.pipeline import Pipeline
 
 GRID_CLASSES = "0,111,222,333,444,555,666,777,888,999,50,161,272,383,494,505,616,727,838,949"
 LABEL_W, CAPTION_H, GAP, HEADER_H = 190, 14, 10, 18
-REFERENCE_SEED = 12345  # the render seed msf-eval's reference images use: never seen in training
 
 
 def named(pairs: list[str], what: str) -> dict[str, str]:
@@ -55,7 +54,6 @@ def main():
     classes = [int(c) for c in a.classes.split(",")]
     ids = [c for c in classes for _ in range(a.per_class)]  # msf-run's order: one row per class
     clf, _ = load_classifier(a.classifier)
-    size = 128
     fl = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
 
     samples, verdicts, heads = {}, {}, {}
@@ -69,9 +67,9 @@ def main():
         heads[name] = f"{name}: steps {'+'.join(map(str, plan.steps))}, CFG {'/'.join(f'{w:g}' for w in plan.cfg)}"
         verdicts[name] = clf.predict(img)
         size = img.shape[-1]
-        acc = (verdicts[name] == attributes_of(torch.tensor(ids))).float().mean(0).tolist()
+        acc = accuracy(verdicts[name], torch.tensor(ids))
         print(f"{name}: steps {plan.steps} cfg {plan.cfg}, {time.time() - t0:.0f} s; classifier: "
-              + ", ".join(f"{k} {v:.0%}" for k, v in zip(ATTRIBUTES, acc)), flush=True)
+              + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()), flush=True)
 
     n = a.per_class
     block = n * size + GAP

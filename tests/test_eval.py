@@ -53,7 +53,8 @@ def test_sampling_macs_counts_cfg_as_two_forwards():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny MSF cascade trained a few steps on a shapes cache, and a tiny classifier."""
-    from msf_train.train import TrainOptions, assemble_cascade, train
+    from msf_train.assemble import assemble_cascade
+    from msf_train.train import TrainOptions, train
 
     assets = tiny_assets(tmp_path_factory)
     root = tmp_path_factory.mktemp("eval")

@@ -71,7 +71,8 @@ def assert_refused(r, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def w(tmp_path_factory):
     """A tiny trained cascade (scale0 + scale1, 3 steps each), its stage folders and the tiny assets."""
-    from msf_train.train import TrainOptions, assemble_cascade, train
+    from msf_train.assemble import assemble_cascade
+    from msf_train.train import TrainOptions, train
 
     a = tiny_assets(tmp_path_factory)
     root = tmp_path_factory.mktemp("hardening")

@@ -19,7 +19,8 @@ from msf_train.checkpoint import load_stage, read_cascade
 from msf_train.config import get_preset
 from msf_train.errors import MsfError
 from msf_train.model import build_model, sample_inputs
-from msf_train.train import Batches, Dist, TrainOptions, assemble_cascade, latest_checkpoint, targets, train
+from msf_train.assemble import assemble_cascade
+from msf_train.train import Batches, Dist, TrainOptions, latest_checkpoint, targets, train
 
 quiet = lambda *a, **k: None  # noqa: E731
 
