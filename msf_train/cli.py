@@ -157,6 +157,9 @@ def _train_command(stage: str, summary: str):
     @click.option("--lr", default=1e-4, show_default=True, type=POS_FLOAT,
                   help="AdamW learning rate (the paper: 3e-4 at batch 2560)")
     @click.option("--warmup", default=0, show_default=True, type=NONNEG_INT, help="linear LR warm-up steps")
+    @click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(["constant", "cosine"]),
+                  help="after warm-up: constant, or cosine decay to 0 at --steps (set --steps to what the "
+                       "budget fits)")
     @click.option("--ema", default=0.9999, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
                   help="EMA decay in [0, 1) (warmed up as (1+s)/(10+s))")
     @click.option("--save-every", default=1000, show_default=True, type=POS_INT, help="checkpoint interval in steps")
@@ -172,12 +175,16 @@ def _train_command(stage: str, summary: str):
                   help="residual scales: 'auto' (1/std of the targets, measured on the cache) or a number; "
                        "default the preset's")
     @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
+    @click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
+                  help="start from this stage folder's weights (same preset and VAE; e.g. the shipped "
+                       "runtime/weights/demo/scale0) with a fresh optimizer; --resume of OUT's own checkpoint wins")
     @click.option("--max-minutes", default=None, type=POS_FLOAT,
                   help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
     @_device_option
     @FORCE
-    def command(preset, cache_dir, out, steps, batch, lr, warmup, ema, save_every, log_every, resume, seed,
-                time_sampling, label_sharing, vae_dir, residual_scale, compile_, max_minutes, device, force):
+    def command(preset, cache_dir, out, steps, batch, lr, warmup, lr_schedule, ema, save_every, log_every, resume,
+                seed, time_sampling, label_sharing, vae_dir, residual_scale, compile_, init_dir, max_minutes, device,
+                force):
         get_preset(preset)  # a typo fails here, before torch loads
         from msf_train.train import TrainOptions, train
 
@@ -190,10 +197,11 @@ def _train_command(stage: str, summary: str):
                 raise click.BadParameter(f"{residual_scale!r}: use 'auto' or a positive number",
                                          param_hint="--residual-scale")
         s = train(TrainOptions(stage=stage, preset=preset, cache=cache_dir, out=out, steps=steps, batch=batch, lr=lr,
-                               warmup=warmup, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
+                               warmup=warmup, lr_schedule=lr_schedule, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
                                seed=seed, time_sampling=time_sampling, label_sharing=label_sharing,
                                device=device, vae=vae_dir,
-                               residual_scale=residual_scale, compile=compile_, max_minutes=max_minutes, force=force),
+                               residual_scale=residual_scale, compile=compile_, init=init_dir,
+                               max_minutes=max_minutes, force=force),
                   log=click.echo)
         if s.get("final_loss") is not None:
             click.echo(f"saved {out} at step {s['steps']}: loss {s['final_loss']:.4f}, {s['steps_per_s']:.2f} steps/s")

@@ -11,23 +11,16 @@ generators seeded by (seed, rank, step), so `--resume` from a checkpoint at step
 the steps an uninterrupted run would have taken after S.
 
 The output folder is a stage folder (msf_train.checkpoint: model.safetensors = EMA weights,
-config.json with the preset config, the step and the cache's VAE identity) plus
-    state/latest.json         {"step": S, "dir": "step-0000000S"}, replaced atomically last
-    state/step-0000000S/      model.safetensors (raw weights), ema.safetensors,
-                              optimizer.pt (tensors and numbers only, read with weights_only=True),
-                              trainer.json (step, config, options, cache identity)
-    log.jsonl                 one line per log interval: step, loss, lr, it/s, wall, grad norm
-    train.json                a summary written at the end (incl. each rank's weight sha256)
+config.json with the preset config, the step and the cache's VAE identity) plus the trainer's
+checkpoints in state/ (msf_train.train_state), log.jsonl (one line per log interval: step, loss,
+lr, it/s, wall, grad norm) and train.json, a summary written at the end (incl. each rank's weight
+sha256). The options and their checks live in msf_train.train_options.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import io
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -37,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msf_train import factorize, flow, outdir, schema
-from msf_train.checkpoint import (CONFIG_FILE, atomic_save_safetensors, atomic_write_bytes,
-                                  atomic_write_json, read_json, save_stage)
+from msf_train import factorize, flow, outdir
+from msf_train.checkpoint import CONFIG_FILE, atomic_write_json, load_stage_config, read_json
 from msf_train.config import ModelConfig, get_preset
 from msf_train.errors import MsfError
 from msf_train.labels import share_label_gradients
+from msf_train.train_options import TrainOptions, check_resume_options, lr_at, validate_options
+from msf_train.train_state import (STATE_DIR, has_checkpoint, latest_checkpoint, load_checkpoint, load_init,
+                                   save_checkpoint, weights_sha256)
 from msf_train.util import JsonlLog, autocast, progress, resolve_device, step_seed
 
-STATE_DIR = "state"
-LATEST = "latest.json"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "train.json"
 STAGES = ("scale0", "scale1", "dit")
@@ -94,39 +87,6 @@ class Dist:
     def close(self):
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-# ---- options -----------------------------------------------------------------------------------
-@dataclass
-class TrainOptions:
-    stage: str  # scale0 | scale1 | dit
-    cache: str
-    out: str
-    preset: str | None = None
-    steps: int = 10000
-    batch: int = 64  # global batch (split across processes)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup: int = 0  # linear LR warm-up steps
-    ema: float = 0.9999
-    grad_clip: float = 1.0
-    label_dropout: float = 0.1
-    label_sharing: str = "none"  # "shapes": class rows share attribute gradients (msf_train/labels.py)
-    save_every: int = 1000
-    log_every: int = 50
-    resume: bool = False
-    seed: int = 0
-    time_sampling: str = "uniform"
-    device: str = "auto"
-    vae: str | None = None
-    residual_scale: str | None = None  # None: the preset's; "auto": 1/std of the targets; or a number
-    compile: bool = False
-    progress: bool = True
-    max_minutes: float | None = None  # wall-clock budget: stop at the next log interval past it, then save
-    force: bool = False  # write into a non-empty --out that holds no training output
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def stage_config(stage: str, preset: str | None) -> ModelConfig:
@@ -241,76 +201,6 @@ def measure_target_std(cache, cfg: ModelConfig, chunk: int = 4096) -> float:
     return math.sqrt(max(s2 / n - mean * mean, 1e-24))
 
 
-# ---- checkpoints -------------------------------------------------------------------------------
-def _torch_save_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def latest_checkpoint(out) -> tuple[int, Path] | None:
-    p = Path(out) / STATE_DIR / LATEST
-    if not p.is_file():
-        return None
-    step, name = schema.latest(read_json(p, "checkpoint pointer"), p)
-    d = Path(out) / STATE_DIR / name
-    if not (d / "trainer.json").is_file():
-        raise MsfError(f"{p} names {d}, which is incomplete; delete {p.parent} to start over")
-    return step, d
-
-
-def has_checkpoint(out) -> bool:
-    try:
-        return latest_checkpoint(out) is not None
-    except MsfError:
-        return True  # something is there: never delete it
-
-
-def save_checkpoint(out: Path, step: int, raw: torch.nn.Module, ema: dict, opt, cfg: ModelConfig,
-                    trainer: dict, stage_extra: dict) -> None:
-    """State folder first, then the pointer, then the stage folder; each file atomic. A kill at any
-    point leaves the previous pointer (and its complete state) or the new one."""
-    sdir = out / STATE_DIR / f"step-{step:08d}"
-    atomic_save_safetensors(sdir / "model.safetensors", raw.state_dict())
-    atomic_save_safetensors(sdir / "ema.safetensors", ema)
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    atomic_write_bytes(sdir / "optimizer.pt", _torch_save_bytes({"optimizer": opt.state_dict(), "rng": rng}))
-    atomic_write_json(sdir / "trainer.json", {**trainer, "step": step, "config": cfg.to_dict()})
-    atomic_write_json(out / STATE_DIR / LATEST, {"step": step, "dir": sdir.name})
-    save_stage(out, ema, cfg, step=step, **stage_extra)
-    for old in (out / STATE_DIR).glob("step-*"):
-        if old.name != sdir.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(sdir: Path, raw: torch.nn.Module, ema: dict, opt, device) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        raw.load_state_dict(load_file(str(sdir / "model.safetensors"), device=str(device)))
-        for k, v in load_file(str(sdir / "ema.safetensors"), device=str(device)).items():
-            ema[k].copy_(v)
-        st = torch.load(sdir / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - OSError, RuntimeError, KeyError, safetensors' own SafetensorError
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise MsfError(f"cannot resume from {sdir}: {first}; the checkpoint is damaged: delete {sdir.parent} to "
-                       f"start over (or restore it)") from None
-    opt.load_state_dict(st["optimizer"])
-    torch.set_rng_state(st["rng"]["cpu"])
-    if "cuda" in st["rng"] and device.type == "cuda" and len(st["rng"]["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st["rng"]["cuda"])
-
-
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # ---- one optimizer step -------------------------------------------------------------------------
 class Stepper:
     """The model, optimizer and EMA of one stage, and one training step on a batch of (x, prior, y)."""
@@ -340,8 +230,7 @@ class Stepper:
         self.fwd = torch.compile(model) if self.opts.compile else model
 
     def lr_at(self, step: int) -> float:
-        o = self.opts
-        return o.lr * min(1.0, (step + 1) / o.warmup) if o.warmup else o.lr
+        return lr_at(self.opts, step)
 
     def step(self, step: int, x: torch.Tensor, prior: torch.Tensor | None, y: torch.Tensor):
         """Optimizer step number `step` (0-based) -> (loss, grad norm), device tensors (no sync)."""
@@ -376,6 +265,11 @@ def train(opts: TrainOptions, log=print) -> dict:
     cache.check_classes(cfg.num_classes, cfg.name)
     if opts.vae:
         cache.check_vae(opts.vae)
+    if opts.init:  # before anything is written: the init folder must hold this preset
+        init_cfg = load_stage_config(opts.init)[0]
+        if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
+            raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
+                           f"the same preset")
     out = Path(opts.out)
     command = f"msf-train {opts.stage}"
     outdir.check_claim(out, command, force=opts.force, recognise=_is_stage_output)
@@ -449,50 +343,6 @@ def _is_stage_output(folder: Path) -> bool:
     return (folder / STATE_DIR).is_dir() or (folder / CONFIG_FILE).is_file()
 
 
-# Options that decide what a step computes: a resumed run must use the values it started with.
-RESUME_FIXED = ("batch", "lr", "warmup", "ema", "seed", "time_sampling", "label_sharing", "weight_decay",
-                "grad_clip", "label_dropout")
-
-
-def validate_options(opts: TrainOptions) -> None:
-    """Ranges of every option (the CLI checks them too; this guards the Python API)."""
-    if opts.time_sampling not in ("uniform", "logit_normal"):
-        raise MsfError(f"--time-sampling {opts.time_sampling!r}: use uniform or logit_normal")
-    for name in ("steps", "batch", "save_every", "log_every"):
-        if getattr(opts, name) < 1:
-            raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
-    if opts.max_minutes is not None and not (opts.max_minutes > 0 and math.isfinite(opts.max_minutes)):
-        raise MsfError(f"--max-minutes must be > 0, got {opts.max_minutes}")
-    if not (math.isfinite(opts.lr) and opts.lr > 0):
-        raise MsfError(f"--lr must be a positive number, got {opts.lr}")
-    if not (0.0 <= opts.ema < 1.0):
-        raise MsfError(f"--ema must be in [0, 1) (a decay; 0.9999 is usual), got {opts.ema}")
-    if opts.warmup < 0:
-        raise MsfError(f"--warmup must be >= 0, got {opts.warmup}")
-    if not 0 <= opts.seed < 2 ** 63:
-        raise MsfError(f"--seed must be in 0..2^63-1, got {opts.seed}")
-    if not (math.isfinite(opts.grad_clip) and opts.grad_clip > 0) or not 0.0 <= opts.label_dropout < 1.0 \
-            or not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
-        raise MsfError("grad_clip must be > 0, label_dropout in [0, 1) and weight_decay >= 0")
-    if opts.residual_scale not in (None, "auto"):
-        try:
-            rs = float(opts.residual_scale)
-        except ValueError:
-            rs = float("nan")
-        if not (math.isfinite(rs) and rs > 0):
-            raise MsfError(f"--residual-scale {opts.residual_scale!r}: use 'auto' or a positive number")
-
-
-def check_resume_options(saved: dict, opts: TrainOptions, out: Path) -> None:
-    """A resumed run replays the interrupted one exactly only with the same step-defining options."""
-    old = saved.get("options", {})
-    for k in RESUME_FIXED:
-        if k in old and old[k] != getattr(opts, k):
-            flag = "--" + k.replace("_", "-")
-            raise MsfError(f"the checkpoint in {out} was trained with {flag} {old[k]}, not {getattr(opts, k)}: "
-                           f"resume with {flag} {old[k]} (or train into another --out)")
-
-
 def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals | None = None) -> dict:
     stop = stop or StopSignals()
     if opts.batch % dist.world:
@@ -512,6 +362,10 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
             if opts.residual_scale not in (None, "auto") and float(opts.residual_scale) != rs:
                 raise MsfError(f"the checkpoint in {out} was trained with --residual-scale {rs}, "
                                f"not {opts.residual_scale}")
+        elif opts.init:  # the weights were trained for the init folder's normalisation
+            rs = load_stage_config(opts.init)[0].residual_scale
+            if opts.residual_scale is not None:
+                raise MsfError(f"--residual-scale and --init: the scale is --init {opts.init}'s ({rs}); drop --residual-scale")
         elif opts.residual_scale == "auto":
             rs = float(f"{measure_target_std(cache, cfg):.6g}")
         elif opts.residual_scale is not None:
@@ -533,6 +387,15 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
             log(f"resuming {out} from step {start}")
     elif opts.resume and dist.main:
         log(f"no checkpoint in {out}; starting from step 0")
+    init = None
+    if opts.init and not saved:  # every process loads the same weights: they start equal, as from a seed
+        init = load_init(opts.init, cfg, cache.vae.get("sha256"), st.raw, st.ema)
+        if dist.main:
+            log(f"initialised from {opts.init} (step {init['step']}), fresh optimizer")
+    elif opts.init and saved and dist.main:
+        log(f"--init {opts.init} ignored: resuming {out}'s own checkpoint")
+    if saved:
+        init = saved.get("init")
     if start >= opts.steps:
         if dist.main:
             log(f"{out} is already at step {start} >= --steps {opts.steps}; nothing to do")
@@ -541,12 +404,12 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
     st.wrap()
     batches = Batches(cache, cfg, local_batch, opts.seed, dist, dev)
     trainer_meta = {"options": opts.to_dict(), "vae": cache.vae, "cache": str(cache.folder.resolve()),
-                    "world_size": dist.world, "local_batch": local_batch}
+                    "world_size": dist.world, "local_batch": local_batch, "init": init}
     stage_extra = {"vae": cache.vae, "cache": {"path": str(cache.folder.resolve()), "count": cache.count,
                                                "data": cache.meta.get("data", {}).get("kind")},
                    "training": {"stage": opts.stage, "batch": opts.batch, "lr": opts.lr, "ema": opts.ema,
                                 "time_sampling": opts.time_sampling, "label_sharing": opts.label_sharing,
-                                "seed": opts.seed, "world_size": dist.world}}
+                                "seed": opts.seed, "world_size": dist.world, "init": init}}
     logf = None
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -607,7 +470,7 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
                    "batch": opts.batch, "world_size": dist.world, "device": dev.type,
                    "final_loss": logf.last.get("loss"), "wall_s": time.time() - t0,
                    "steps_per_s": (done - start) / max(time.time() - t0, 1e-9),
-                   "residual_scale": cfg.residual_scale, "rank_weights_sha256": shas,
+                   "residual_scale": cfg.residual_scale, "init": init, "rank_weights_sha256": shas,
                    "ranks_agree": len(set(shas)) == 1}
         atomic_write_json(out / SUMMARY_FILE, summary)
         if not summary["ranks_agree"]:

@@ -33,24 +33,28 @@ def main():
     ap.add_argument("--dit-sweep-cfg", nargs="*", default=["1.0", "2.0"])
     ap.add_argument("--sweep-solver", nargs="*", default=[], choices=["euler", "heun"],
                     help="MSF at the default steps and CFG with this solver (Heun: two forwards per step)")
+    ap.add_argument("--sweep-shift", nargs="*", default=[], type=float,
+                    help="MSF at the default steps and CFG with this time shift (> 1: more steps near the noise)")
     a = ap.parse_args()
     classes = parse_class_spec(a.classes)
     ints = lambda s: [int(x) for x in s.split(",")]
     floats = lambda s: [float(x) for x in s.split(",")]
     E = "euler"
-    runs = [("msf", a.msf, ints(a.msf_steps), floats(a.msf_cfg), E), ("dit", a.dit, ints(a.dit_steps), floats(a.dit_cfg), E)]
-    runs += [("msf-steps", a.msf, ints(s), floats(a.msf_cfg), E) for s in a.sweep_steps]
-    runs += [("msf-cfg", a.msf, ints(a.msf_steps), floats(c), E) for c in a.sweep_cfg]
-    runs += [("msf-solver", a.msf, ints(a.msf_steps), floats(a.msf_cfg), s) for s in a.sweep_solver]
-    runs += [("dit-cfg", a.dit, ints(a.dit_steps), floats(c), E) for c in a.dit_sweep_cfg]
+    runs = [("msf", a.msf, ints(a.msf_steps), floats(a.msf_cfg), E, 1.0),
+            ("dit", a.dit, ints(a.dit_steps), floats(a.dit_cfg), E, 1.0)]
+    runs += [("msf-steps", a.msf, ints(s), floats(a.msf_cfg), E, 1.0) for s in a.sweep_steps]
+    runs += [("msf-cfg", a.msf, ints(a.msf_steps), floats(c), E, 1.0) for c in a.sweep_cfg]
+    runs += [("msf-solver", a.msf, ints(a.msf_steps), floats(a.msf_cfg), s, 1.0) for s in a.sweep_solver]
+    runs += [("msf-shift", a.msf, ints(a.msf_steps), floats(a.msf_cfg), E, h) for h in a.sweep_shift]
+    runs += [("dit-cfg", a.dit, ints(a.dit_steps), floats(c), E, 1.0) for c in a.dit_sweep_cfg]
     rows = []
-    for label, model, steps, cfg, solver in runs:
+    for label, model, steps, cfg, solver, shift in runs:
         t0 = time.time()
         try:
             r = evaluate(model, classes, a.per_class, classifier_dir=a.classifier, steps=steps, cfg=cfg,
-                         solver=solver, batch=a.batch, device=a.device, progress=False)
+                         solver=solver, shift=shift, batch=a.batch, device=a.device, progress=False)
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
-            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg, "solver": solver}
+            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg, "solver": solver, "shift": shift}
         r["label"], r["eval_s"] = label, round(time.time() - t0, 1)
         rows.append(r)
         print(json.dumps(r), flush=True)

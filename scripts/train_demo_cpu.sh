@@ -16,7 +16,10 @@
 # More training for finished stages: CONTINUE=1 resumes each denoiser from its last checkpoint for M
 # (scale 0, scale 1) and 2 M (DiT) more minutes, same options (the VAE, classifier and cache are kept).
 # COMPILE=1 trains through torch.compile (about 1.2x the steps per second on one core after a minute
-# of compiling; every lane alike). The shipped weights are these three runs, one after the other:
+# of compiling; every lane alike). REINIT=1 continues finished stages with other step options (LR,
+# TIME_SAMPLING), which --resume refuses: each stage folder moves to STAGE.prev once and a new run
+# starts from its weights (--init, fresh optimizer); killed, it resumes its own checkpoint as usual.
+# The shipped weights are these runs, one after the other:
 #   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=30 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=10 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
@@ -24,9 +27,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
 M=${M:-20}                   # minutes per scale; the DiT gets 2 * M
+M0=${M0:-$M}                 # scale 0's minutes when they differ from scale 1's
+DIT_M=${DIT_M:-$((M0 + M))}  # the DiT's minutes: as long as lane A (matched compute), unless told
 VAE_MIN=${VAE_MIN:-25}
 CLF_MIN=${CLF_MIN:-25}
 PER_CLASS=${PER_CLASS:-12}
+LR=${LR:-3e-4}
+TIME_SAMPLING=${TIME_SAMPLING:-uniform}
 INIT_VAE=${INIT_VAE:-runtime/weights/demo/vae}   # fine-tune the previous demo VAE ("" = train from scratch)
 T=${MSF_TRAIN:-msf-train}
 E=${MSF_EVAL:-msf-eval}
@@ -45,7 +52,7 @@ if [ ! -f "$W/classifier/classifier.json" ]; then
     --device cpu > "$W/classifier.log" 2>&1 &
 fi
 wait
-tail -n 3 "$W/vae.log" "$W/classifier.log" || true
+tail -c 300 "$W/vae.log"; tail -c 300 "$W/classifier.log"; echo
 [ -f "$W/vae/config.json" ] && [ -f "$W/classifier/classifier.json" ] || { echo "vae or classifier failed: see $W/*.log"; exit 1; }
 
 stamp "cache (1000 classes x $PER_CLASS images)"
@@ -54,15 +61,20 @@ stamp "cache (1000 classes x $PER_CLASS images)"
 
 COMPILE_FLAG=(); [ "${COMPILE:-0}" = 1 ] && COMPILE_FLAG=(--compile)
 train() {  # stage minutes; a stage that finished (train.json written) is not trained again, unless CONTINUE=1
-  [ -f "$W/$1/train.json" ] && [ "${CONTINUE:-0}" != 1 ] && return 0
+  [ -f "$W/$1/train.json" ] && [ "${CONTINUE:-0}" != 1 ] && [ "${REINIT:-0}" != 1 ] && return 0
+  local init=()
+  if [ "${REINIT:-0}" = 1 ]; then
+    [ -d "$W/$1.prev" ] || mv "$W/$1" "$W/$1.prev"
+    init=(--init "$W/$1.prev")
+  fi
   one $T "$1" --preset "demo/$1" --cache "$W/cache" --vae "$W/vae" --out "$W/$1" --steps 1000000 --batch 64 \
-    --lr 3e-4 --warmup 100 --ema 0.999 --label-sharing shapes --save-every 200 --log-every 25 --device cpu \
-    --resume --max-minutes "$2" "${COMPILE_FLAG[@]}" >> "$W/$1.log" 2>&1
+    --lr "$LR" --warmup 100 --time-sampling "$TIME_SAMPLING" --ema 0.999 --label-sharing shapes --save-every 200 \
+    --log-every 25 --device cpu --resume --max-minutes "$2" "${init[@]}" "${COMPILE_FLAG[@]}" >> "$W/$1.log" 2>&1
 }
-stamp "lane A: scale0 then scale1 ($M min each) || lane B: dit ($((2 * M)) min)"
-( train scale0 "$M" && train scale1 "$M" ) &
+stamp "lane A: scale0 ($M0 min) then scale1 ($M min) || lane B: dit ($DIT_M min)"
+( train scale0 "$M0" && train scale1 "$M" ) &
 lane_a=$!
-train dit "$((2 * M))" &
+train dit "$DIT_M" &
 lane_b=$!
 wait $lane_a && wait $lane_b || { echo "a training lane failed: see $W/*.log"; exit 1; }
 $T assemble --force --out "$W/msf" --vae "$W/vae" "$W/scale0" "$W/scale1"

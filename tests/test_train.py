@@ -87,6 +87,39 @@ def test_max_minutes_stops_at_a_log_line_and_saves(assets, tmp_path):
     assert summary["started_at_step"] == 2 and summary["steps"] == 3 and not summary["stopped_by_time"]
 
 
+def test_init_starts_a_new_run_from_a_stage_folder_with_a_fresh_optimizer(assets, tmp_path):
+    first = tmp_path / "first"
+    train(opts(assets, "scale1", first, residual_scale="0.5"), log=quiet)
+    msgs = []  # lr so small that one Adam step cannot move a weight by more than ~1e-11
+    summary = train(opts(assets, "scale1", tmp_path / "more", steps=1, lr=1e-12, init=str(first)), log=msgs.append)
+    assert any("initialised from" in m for m in msgs)
+    cfg, before = load_stage(first)
+    cfg2, after = load_stage(tmp_path / "more")
+    assert cfg2.residual_scale == 0.5 == cfg.residual_scale  # the init's normalisation, not the preset's
+    a, b = before.state_dict(), after.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "final" in k)  # the trained (non-zero) output layer came along
+    assert summary["init"]["step"] == 4 and summary["init"]["stage"] == str(first.resolve())
+    with pytest.raises(MsfError, match="same preset"):
+        train(opts(assets, "scale0", tmp_path / "wrong", init=str(first)), log=quiet)
+    with pytest.raises(MsfError, match="drop --residual-scale"):
+        train(opts(assets, "scale1", tmp_path / "wrong", init=str(first), residual_scale="2"), log=quiet)
+    assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())
+    msgs = []  # a resumed run continues its own checkpoint: --init no longer applies
+    train(opts(assets, "scale1", tmp_path / "more", steps=2, lr=1e-12, init=str(first), resume=True), log=msgs.append)
+    assert any("ignored" in m for m in msgs)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    from msf_train.train_options import lr_at
+
+    o = TrainOptions(stage="scale0", cache="c", out="o", lr=1.0, warmup=4, steps=104, lr_schedule="cosine")
+    lrs = [lr_at(o, s) for s in range(105)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[54] == pytest.approx(0.5) and lrs[104] == 0.0
+    assert lr_at(TrainOptions(stage="scale0", cache="c", out="o", lr=1.0, steps=10), 9) == 1.0  # constant
+
+
 def test_targets_are_algorithm_1_and_priors_algorithm_2(assets):
     c = LatentCache(assets["cache"])
     full, base = c.load("full")[:5].float(), c.load("base")[:5].float()
