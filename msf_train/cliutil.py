@@ -271,10 +271,23 @@ def version_option(prog: str):
                         help="Show the version and exit.")
 
 
+def _probe_folder(folder, what: str, path) -> None:
+    """Create `folder` if needed and a probe file in it; one line naming `what` if either fails."""
+    import tempfile
+
+    from msf_train.errors import MsfError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise MsfError(f"cannot write {what} {path}: {e.strerror or e}; choose a writable path") from None
+
+
 def check_writable(path, what: str) -> None:
     """Fail before any work if the output file `path` cannot be written (it is written atomically
     later): not a folder, its nearest existing ancestor a folder, and a probe file can be created there."""
-    import tempfile
     from pathlib import Path
 
     from msf_train.errors import MsfError
@@ -289,9 +302,16 @@ def check_writable(path, what: str) -> None:
             if not folder.is_dir():
                 raise MsfError(f"cannot write {what} {path}: {folder} is a file, not a folder")
             break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise MsfError(f"cannot write {what} {path}: {e.strerror or e}; choose a writable path") from None
+    _probe_folder(path.parent, what, path)
+
+
+def check_writable_dir(folder, what: str) -> None:
+    """Fail before any work if files cannot be written into `folder` (created if missing)."""
+    from pathlib import Path
+
+    from msf_train.errors import MsfError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MsfError(f"{what} {folder} is a file; give a folder")
+    _probe_folder(folder, what, folder)

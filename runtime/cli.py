@@ -10,12 +10,11 @@ import io
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfCommand, check_writable, version_option
+from msf_train.cliutil import MsfCommand, check_writable, check_writable_dir, version_option
 from msf_train.errors import MsfError
 
 DEMO_MODEL = Path(__file__).resolve().parent / "weights" / "demo-msf"
@@ -43,18 +42,6 @@ def check_output(out: Path) -> None:
     if out.is_dir():
         raise MsfError(f"--out {out} is a folder; give a file name such as {out / 'img.png'}")
     check_writable(out, "--out")
-
-
-def check_out_dir(folder: Path) -> None:
-    """--out-dir must be (or become) a writable folder; checked before sampling."""
-    if folder.exists() and not folder.is_dir():
-        raise MsfError(f"--out-dir {folder} is a file; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".msf-run.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise MsfError(f"cannot write into --out-dir {folder}: {e.strerror or e}") from None
 
 
 def image_name(class_id: int, seed: int) -> str:
@@ -185,7 +172,7 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
     if out is not None:
         check_output(out)
     if out_dir is not None:
-        check_out_dir(out_dir)
+        check_writable_dir(out_dir, "--out-dir")
     if model_dir is None:
         if not DEMO_MODEL.is_dir():
             raise MsfError(f"the embedded demo model is not in this install ({DEMO_MODEL}); "

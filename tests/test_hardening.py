@@ -308,6 +308,21 @@ def c_run_unwritable_out(w, t):
     return "run", ["--model", w["msf"], "--out", "/proc/msf/x.png", *RUN], ["--out"], [t]
 
 
+def c_run_out_dir_is_a_file(w, t):
+    f = t / "taken"
+    f.write_text("a user's file")
+    return "run", ["--model", w["msf"], "--out-dir", f, *RUN], ["--out-dir", "is a file"], [t]
+
+
+def c_run_out_dir_unwritable(w, t):
+    return "run", ["--model", w["msf"], "--out-dir", "/proc/msf/imgs", *RUN], ["--out-dir"], [t]
+
+
+def c_train_init_other_preset(w, t):
+    return ("train", ["scale1", "--preset", "tiny/scale1", "--cache", w["cache"], "--out", t / "s1", "--steps", 1,
+                      "--init", w["s0"]], ["--init", "same preset"], [t])
+
+
 CASES = [
     ("lost work", "vae --out existing VAE", c_vae_existing),
     ("lost work", "cache --out existing cache, other inputs", c_cache_existing),
@@ -345,6 +360,9 @@ CASES = [
     ("traceback", "--resume from a truncated model.safetensors", c_resume_truncated),
     ("late failure", "msf-eval run --json unwritable", c_eval_json_unwritable),
     ("late failure", "msf-run --out unwritable", c_run_unwritable_out),
+    ("late failure", "msf-run --out-dir is a file", c_run_out_dir_is_a_file),
+    ("late failure", "msf-run --out-dir unwritable", c_run_out_dir_unwritable),
+    ("silent acceptance", "msf-train scale1 --init a scale-0 folder", c_train_init_other_preset),
     ("small lie", "missing classifier names the real command", c_eval_missing_classifier),
 ]
 
