@@ -265,11 +265,15 @@ def train(opts: TrainOptions, log=print) -> dict:
     cache.check_classes(cfg.num_classes, cfg.name)
     if opts.vae:
         cache.check_vae(opts.vae)
-    if opts.init:  # before anything is written: the init folder must hold this preset
-        init_cfg = load_stage_config(opts.init)[0]
+    if opts.init:  # before anything is written: the init folder must hold this preset, for this VAE
+        init_cfg, init_meta = load_stage_config(opts.init)
         if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
             raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
                            f"the same preset")
+        theirs = (init_meta.get("vae") or {}).get("sha256")
+        if theirs and theirs != cache.vae.get("sha256"):
+            raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
+                           f"its weights are for another latent space")
     out = Path(opts.out)
     command = f"msf-train {opts.stage}"
     outdir.check_claim(out, command, force=opts.force, recognise=_is_stage_output)
@@ -389,7 +393,7 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
         log(f"no checkpoint in {out}; starting from step 0")
     init = None
     if opts.init and not saved:  # every process loads the same weights: they start equal, as from a seed
-        init = load_init(opts.init, cfg, cache.vae.get("sha256"), st.raw, st.ema)
+        init = load_init(opts.init, cfg, st.raw, st.ema)
         if dist.main:
             log(f"initialised from {opts.init} (step {init['step']}), fresh optimizer")
     elif opts.init and saved and dist.main:

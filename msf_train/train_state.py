@@ -97,19 +97,16 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_init(folder, cfg: ModelConfig, vae_sha256: str | None, raw: torch.nn.Module, ema: dict) -> dict:
+def load_init(folder, cfg: ModelConfig, raw: torch.nn.Module, ema: dict) -> dict:
     """Copy a stage folder's weights into a new run's model and EMA -> what to record about them.
-    The folder must hold the same preset (residual scale included) trained on latents of the same VAE."""
+    The folder must hold the same preset, residual scale included (msf_train.train also checks,
+    before anything is written, that its weights are for the cache's VAE)."""
     folder = Path(folder)
     init_cfg, meta = load_stage_config(folder)
     if init_cfg != cfg:
         diff = sorted(k for k, v in cfg.to_dict().items() if init_cfg.to_dict().get(k) != v)
         raise MsfError(f"--init {folder} holds {init_cfg.name} ({', '.join(diff)} differ from {cfg.name} here): "
                        f"initialise from a folder of the same preset")
-    theirs = (meta.get("vae") or {}).get("sha256")
-    if vae_sha256 and theirs and theirs != vae_sha256:
-        raise MsfError(f"--init {folder} was trained on latents of another VAE ({theirs[:12]}) than this cache's "
-                       f"({vae_sha256[:12]}): its weights would be for another latent space")
     _, model = load_stage(folder, device=next(raw.parameters()).device)
     sd = model.state_dict()
     raw.load_state_dict(sd)

@@ -2,6 +2,7 @@
 run, torchrun DDP, and cascade assembly."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,13 @@ def test_init_starts_a_new_run_from_a_stage_folder_with_a_fresh_optimizer(assets
         train(opts(assets, "scale0", tmp_path / "wrong", init=str(first)), log=quiet)
     with pytest.raises(MsfError, match="drop --residual-scale"):
         train(opts(assets, "scale1", tmp_path / "wrong", init=str(first), residual_scale="2"), log=quiet)
+    other = tmp_path / "other-vae"  # the same weights, recorded as trained on another VAE's latents
+    shutil.copytree(first, other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["vae"]["sha256"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(MsfError, match="another VAE"):
+        train(opts(assets, "scale1", tmp_path / "wrong", init=str(other)), log=quiet)
     assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())
     msgs = []  # a resumed run continues its own checkpoint: --init no longer applies
     train(opts(assets, "scale1", tmp_path / "more", steps=2, lr=1e-12, init=str(first), resume=True), log=msgs.append)
