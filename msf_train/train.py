@@ -265,15 +265,6 @@ def train(opts: TrainOptions, log=print) -> dict:
     cache.check_classes(cfg.num_classes, cfg.name)
     if opts.vae:
         cache.check_vae(opts.vae)
-    if opts.init:  # before anything is written: the init folder must hold this preset, for this VAE
-        init_cfg, init_meta = load_stage_config(opts.init)
-        if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
-            raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
-                           f"the same preset")
-        theirs = (init_meta.get("vae") or {}).get("sha256")
-        if theirs and theirs != cache.vae.get("sha256"):
-            raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
-                           f"its weights are for another latent space")
     out = Path(opts.out)
     command = f"msf-train {opts.stage}"
     outdir.check_claim(out, command, force=opts.force, recognise=_is_stage_output)
@@ -285,6 +276,8 @@ def train(opts: TrainOptions, log=print) -> dict:
         raise MsfError(f"{out} already holds a model; choose another --out")
     if found:
         check_resume_options(read_json(found[1] / "trainer.json", "trainer state"), opts, out)
+    if opts.init:
+        cfg = check_init(opts, cfg, cache, resuming=bool(found))
 
     # Rank 0 owns the output folder: it holds the lock (a second training on OUT is refused).
     main = int(os.environ.get("RANK", "0")) == 0
@@ -342,6 +335,23 @@ class StopSignals:
         return bool(flag.item())
 
 
+def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> ModelConfig:
+    """--init before anything is written: the folder holds this preset, trained on latents of the
+    cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it)."""
+    init_cfg, init_meta = load_stage_config(opts.init)
+    if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
+        raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
+                       f"the same preset")
+    theirs = (init_meta.get("vae") or {}).get("sha256")
+    if theirs and theirs != cache.vae.get("sha256"):
+        raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
+                       f"its weights are for another latent space")
+    if opts.residual_scale is not None and not resuming:
+        raise MsfError(f"--residual-scale and --init: the scale is --init {opts.init}'s "
+                       f"({init_cfg.residual_scale}); drop --residual-scale")
+    return cfg.replace(residual_scale=init_cfg.residual_scale)
+
+
 def _is_stage_output(folder: Path) -> bool:
     """A training output folder written before output markers existed."""
     return (folder / STATE_DIR).is_dir() or (folder / CONFIG_FILE).is_file()
@@ -366,10 +376,8 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
             if opts.residual_scale not in (None, "auto") and float(opts.residual_scale) != rs:
                 raise MsfError(f"the checkpoint in {out} was trained with --residual-scale {rs}, "
                                f"not {opts.residual_scale}")
-        elif opts.init:  # the weights were trained for the init folder's normalisation
-            rs = load_stage_config(opts.init)[0].residual_scale
-            if opts.residual_scale is not None:
-                raise MsfError(f"--residual-scale and --init: the scale is --init {opts.init}'s ({rs}); drop --residual-scale")
+        elif opts.init:
+            pass  # check_init gave cfg the init folder's scale
         elif opts.residual_scale == "auto":
             rs = float(f"{measure_target_std(cache, cfg):.6g}")
         elif opts.residual_scale is not None:
@@ -391,15 +399,13 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
             log(f"resuming {out} from step {start}")
     elif opts.resume and dist.main:
         log(f"no checkpoint in {out}; starting from step 0")
-    init = None
-    if opts.init and not saved:  # every process loads the same weights: they start equal, as from a seed
-        init = load_init(opts.init, cfg, st.raw, st.ema)
+    init = saved.get("init") if saved else None  # what the run started from, kept across resumes
+    if opts.init and saved and dist.main:
+        log(f"--init {opts.init} ignored: resuming {out}'s own checkpoint")
+    elif opts.init and not saved:  # every process loads the same weights: they start equal, as from a seed
+        init = load_init(opts.init, st.raw, st.ema)
         if dist.main:
             log(f"initialised from {opts.init} (step {init['step']}), fresh optimizer")
-    elif opts.init and saved and dist.main:
-        log(f"--init {opts.init} ignored: resuming {out}'s own checkpoint")
-    if saved:
-        init = saved.get("init")
     if start >= opts.steps:
         if dist.main:
             log(f"{out} is already at step {start} >= --steps {opts.steps}; nothing to do")

@@ -97,16 +97,11 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_init(folder, cfg: ModelConfig, raw: torch.nn.Module, ema: dict) -> dict:
+def load_init(folder, raw: torch.nn.Module, ema: dict) -> dict:
     """Copy a stage folder's weights into a new run's model and EMA -> what to record about them.
-    The folder must hold the same preset, residual scale included (msf_train.train also checks,
-    before anything is written, that its weights are for the cache's VAE)."""
+    The folder was checked first (msf_train.train.check_init: same preset, same VAE)."""
     folder = Path(folder)
-    init_cfg, meta = load_stage_config(folder)
-    if init_cfg != cfg:
-        diff = sorted(k for k, v in cfg.to_dict().items() if init_cfg.to_dict().get(k) != v)
-        raise MsfError(f"--init {folder} holds {init_cfg.name} ({', '.join(diff)} differ from {cfg.name} here): "
-                       f"initialise from a folder of the same preset")
+    _, meta = load_stage_config(folder)
     _, model = load_stage(folder, device=next(raw.parameters()).device)
     sd = model.state_dict()
     raw.load_state_dict(sd)
