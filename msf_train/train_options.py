@@ -89,7 +89,9 @@ def validate_options(opts: TrainOptions) -> None:
 def check_resume_options(saved: dict, opts: TrainOptions, out: Path) -> None:
     """A resumed run replays the interrupted one exactly only with the same step-defining options."""
     old = saved.get("options", {})
-    for k in RESUME_FIXED:
+    # A cosine decays to 0 at --steps: another --steps would bend the rest of the schedule.
+    fixed = RESUME_FIXED + (("steps",) if opts.lr_schedule == "cosine" else ())
+    for k in fixed:
         if k in old and old[k] != getattr(opts, k):
             flag = "--" + k.replace("_", "-")
             raise MsfError(f"the checkpoint in {out} was trained with {flag} {old[k]}, not {getattr(opts, k)}: "

@@ -19,6 +19,11 @@
 # of compiling; every lane alike). REINIT=1 continues finished stages with other step options (LR,
 # TIME_SAMPLING), which --resume refuses: each stage folder moves to STAGE.prev once and a new run
 # starts from its weights (--init, fresh optimizer); killed, it resumes its own checkpoint as usual.
+# PREV names that folder (default prev): give each re-init its own name, since an existing STAGE.PREV is
+# taken as "this re-init was started before" (the killed case) and the stage then resumes, not re-inits.
+# A cool-down (run 5): REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=.. STEPS1=.. DIT_STEPS=.. decays
+# the learning rate to 0 at those steps (fit them to the minutes: about 1.2 / 1.05 / 0.43 steps per
+# second for scale 0 / scale 1 / DiT on one core with COMPILE=1; the minutes stay as a cap).
 # The shipped weights are these runs, one after the other:
 #   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=30 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
@@ -34,6 +39,9 @@ CLF_MIN=${CLF_MIN:-25}
 PER_CLASS=${PER_CLASS:-12}
 LR=${LR:-3e-4}
 TIME_SAMPLING=${TIME_SAMPLING:-uniform}
+LR_SCHEDULE=${LR_SCHEDULE:-constant}
+PREV=${PREV:-prev}
+declare -A STEPS=([scale0]=${STEPS0:-1000000} [scale1]=${STEPS1:-1000000} [dit]=${DIT_STEPS:-1000000})
 INIT_VAE=${INIT_VAE:-runtime/weights/demo/vae}   # fine-tune the previous demo VAE ("" = train from scratch)
 T=${MSF_TRAIN:-msf-train}
 E=${MSF_EVAL:-msf-eval}
@@ -64,11 +72,11 @@ train() {  # stage minutes; a stage that finished (train.json written) is not tr
   [ -f "$W/$1/train.json" ] && [ "${CONTINUE:-0}" != 1 ] && [ "${REINIT:-0}" != 1 ] && return 0
   local init=()
   if [ "${REINIT:-0}" = 1 ]; then
-    [ -d "$W/$1.prev" ] || mv "$W/$1" "$W/$1.prev"
-    init=(--init "$W/$1.prev")
+    [ -d "$W/$1.$PREV" ] || mv "$W/$1" "$W/$1.$PREV"
+    init=(--init "$W/$1.$PREV")
   fi
-  one $T "$1" --preset "demo/$1" --cache "$W/cache" --vae "$W/vae" --out "$W/$1" --steps 1000000 --batch 64 \
-    --lr "$LR" --warmup 100 --time-sampling "$TIME_SAMPLING" --ema 0.999 --label-sharing shapes --save-every 200 \
+  one $T "$1" --preset "demo/$1" --cache "$W/cache" --vae "$W/vae" --out "$W/$1" --steps "${STEPS[$1]}" --batch 64 \
+    --lr "$LR" --lr-schedule "$LR_SCHEDULE" --warmup 100 --time-sampling "$TIME_SAMPLING" --ema 0.999 --label-sharing shapes --save-every 200 \
     --log-every 25 --device cpu --resume --max-minutes "$2" "${init[@]}" "${COMPILE_FLAG[@]}" >> "$W/$1.log" 2>&1
 }
 stamp "lane A: scale0 ($M0 min) then scale1 ($M min) || lane B: dit ($DIT_M min)"

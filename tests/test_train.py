@@ -128,6 +128,18 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     assert lr_at(TrainOptions(stage="scale0", cache="c", out="o", lr=1.0, steps=10), 9) == 1.0  # constant
 
 
+def test_a_cosine_run_resumes_only_with_its_own_steps(tmp_path):
+    from msf_train.train_options import check_resume_options
+
+    saved = {"options": TrainOptions(stage="scale0", cache="c", out="o", steps=100, lr_schedule="cosine").to_dict()}
+    check_resume_options(saved, TrainOptions(stage="scale0", cache="c", out="o", steps=100, lr_schedule="cosine"), tmp_path)
+    with pytest.raises(MsfError, match="--steps 100"):  # another horizon would bend the rest of the decay
+        check_resume_options(saved, TrainOptions(stage="scale0", cache="c", out="o", steps=200, lr_schedule="cosine"),
+                             tmp_path)
+    const = {"options": TrainOptions(stage="scale0", cache="c", out="o", steps=100).to_dict()}
+    check_resume_options(const, TrainOptions(stage="scale0", cache="c", out="o", steps=200), tmp_path)  # constant: free
+
+
 def test_targets_are_algorithm_1_and_priors_algorithm_2(assets):
     c = LatentCache(assets["cache"])
     full, base = c.load("full")[:5].float(), c.load("base")[:5].float()
