@@ -24,7 +24,8 @@ def main():
     ap.add_argument("--classifier", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--classes", default="0-999:5")
+    ap.add_argument("--classes", default="0-999:2",
+                    help="a class list or range lo-hi:step; a step of 5 or 10 would leave only two or one of the ten shapes")
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--msf-steps", default="100,50")
