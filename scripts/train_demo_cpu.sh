@@ -28,6 +28,10 @@
 #   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=30 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=10 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
+# and then, with LR=1e-3 TIME_SAMPLING=logit_normal COMPILE=1 for each (MODEL_CARD.md has the detail):
+#   M0=43 M=40 DIT_M=83 REINIT=1                                  # run 4
+#   M0=40 M=22 DIT_M=62 CONTINUE=1                                # run 5, phase A
+#   M0=22 M=20 DIT_M=40 REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=1250 STEPS1=950 DIT_STEPS=880   # phase B
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
