@@ -62,7 +62,8 @@ def main():
             r = evaluate(model, classes, a.per_class, classifier_dir=a.classifier, steps=steps, cfg=cfg,
                          solver=solver, shift=shift, seed=seed, batch=a.batch, device=a.device, progress=False)
         except Exception as e:  # noqa: BLE001 - one failed row must not lose the others
-            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg, "solver": solver, "shift": shift}
+            r = {"error": f"{type(e).__name__}: {e}", "steps": steps, "cfg": cfg, "solver": solver, "shift": shift,
+                 "seed": seed}
         r["label"], r["eval_s"] = label, round(time.time() - t0, 1)
         rows.append(r)
         print(json.dumps(r), flush=True)
