@@ -367,8 +367,9 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
         torch.backends.cudnn.allow_tf32 = True
 
     saved = read_json(found[1] / "trainer.json", "trainer state") if found else None
-    # The residual normalisation: the preset's, a given number, or measured (1/std of the targets);
-    # a resumed run keeps the factor it started with.
+    # The residual normalisation: the preset's (or the --init folder's: check_init set it and refused
+    # --residual-scale), a given number, or measured (1/std of the targets); a resumed run keeps the
+    # factor it started with.
     if cfg.scale_index > 0:
         rs = cfg.residual_scale
         if saved:
@@ -376,8 +377,6 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
             if opts.residual_scale not in (None, "auto") and float(opts.residual_scale) != rs:
                 raise MsfError(f"the checkpoint in {out} was trained with --residual-scale {rs}, "
                                f"not {opts.residual_scale}")
-        elif opts.init:
-            pass  # check_init gave cfg the init folder's scale
         elif opts.residual_scale == "auto":
             rs = float(f"{measure_target_std(cache, cfg):.6g}")
         elif opts.residual_scale is not None:
