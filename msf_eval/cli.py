@@ -38,9 +38,9 @@ def parse_class_spec(spec: str) -> list[int]:
                 out.append(int(part))
         except ValueError:
             raise MsfError(f"--classes {spec!r}: use ids, ranges a-b with a <= b and an optional :step >= 1, "
-                           f"e.g. 0-999:10 or 330,336") from None
+                           f"e.g. 0-999:11 or 330,336") from None
     if not out:
-        raise MsfError(f"--classes {spec!r} names no class; use e.g. 0-999:10 or 330,336")
+        raise MsfError(f"--classes {spec!r} names no class; use e.g. 0-999:11 or 330,336")
     return out
 
 
@@ -59,7 +59,10 @@ def main():
 @main.command()
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="Cascade folder or exported artifact folder.")
-@click.option("--classes", default="0-999:10", show_default=True, help="Class ids: ranges a-b, lists, a-b:step.")
+@click.option("--classes", default="0-999:11", show_default=True,
+              help="Class ids: ranges a-b, lists, a-b:step. On the shapes data a class id is shape + "
+                   "10 x palette + 100 x texture, so a step coprime with 10 (the default 11: 91 classes; 7; 3) asks every shape, palette and "
+                   "texture; a step of 10 would ask only circles.")
 @click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 100000), help="Samples per class.")
 @click.option("--steps", default=None, help="Steps per stage, e.g. 100,50 (default: the paper recipe).")
 @click.option("--cfg", "cfg_scales", default=None, help="CFG per stage, e.g. 1.4,1.0.")

@@ -24,8 +24,10 @@ def main():
     ap.add_argument("--classifier", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--classes", default="0-999:2",
-                    help="a class list or range lo-hi:step; a step of 5 or 10 would leave only two or one of the ten shapes")
+    ap.add_argument("--classes", default="0-999:11",
+                    help="a class list or range lo-hi:step (msf-eval's default: 91 classes). A class id is shape + "
+                         "10 x palette + 100 x texture, so a step coprime with 10 (11, 7, 3, 1) asks every shape; "
+                         "a step of 2 asks only the five even shapes, 5 two, 10 one")
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--msf-steps", default="100,50")

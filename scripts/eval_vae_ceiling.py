@@ -2,9 +2,11 @@
 reconstructions (encode, posterior mode, decode). No sampler can score above the second row, so it is
 the ceiling for every accuracy that msf-eval reports on images decoded by this VAE.
 
+One render per class of `--classes` (msf-eval's syntax; the default, every class, asks every shape:
+a class id is shape + 10 x palette + 100 x texture, so `0-999:2` would ask only the five even shapes).
 `--fid` also scores both sets with FID-EffNet against msf-eval's own reference renders (render seed
-12345, one image per class, the classes of `eval_sweep.py`'s default 0-999:2): the renders' figure is
-the floor that sampling noise alone leaves at this many images; the reconstructions' is what a perfect
+12345, one image per class, as `eval_sweep.py --per-class 1` uses): the renders' figure is the floor
+that sampling noise alone leaves at this many images; the reconstructions' is what a perfect
 generator would score once decoded by this VAE. A sampled model's FID-EffNet is read against these two.
 
     python scripts/eval_vae_ceiling.py --vae runtime/weights/demo/vae --classifier msf_eval/weights/shapes-classifier --fid
@@ -15,6 +17,7 @@ import json
 import torch
 
 from msf_eval.classifier import _render_batch, accuracy, load_classifier
+from msf_eval.cli import parse_class_spec
 from msf_train.vae import load_vae
 
 
@@ -22,20 +25,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vae", required=True)
     ap.add_argument("--classifier", required=True)
-    ap.add_argument("--images", type=int, default=500, help="one per class id 0, 2, 4, ... (all attributes vary)")
+    ap.add_argument("--classes", default="0-999", help="one render per class (msf-eval's syntax; a step "
+                    "coprime with 10 keeps every shape, e.g. 0-999:3)")
     ap.add_argument("--seed", type=int, default=7, help="render seed (training used 0, the held-out set 1)")
     ap.add_argument("--fid", action="store_true", help="also FID-EffNet of renders and reconstructions "
                     "against msf-eval's reference renders (needs the eval extra; ~2 min on 2 CPU cores)")
     a = ap.parse_args()
+    y = torch.tensor(parse_class_spec(a.classes))  # (N,) class ids
     vae, (clf, _) = load_vae(a.vae), load_classifier(a.classifier)
-    y = torch.arange(a.images) * 1000 // a.images
-    x = _render_batch(y, torch.arange(a.images), a.seed, 128)  # (N, 3, 128, 128) uint8
+    x = _render_batch(y, torch.arange(len(y)), a.seed, 128)  # (N, 3, 128, 128) uint8
     with torch.no_grad():
         rec = torch.cat([vae.decode(vae.encode(c.float() / 127.5 - 1).latent_dist.mode()).sample.clamp(-1, 1)
                          for c in x.split(50)])
-    out = {"images": a.images, "render_seed": a.seed,
+    pred = clf.predict(rec)  # (N, 3) shape, palette, texture read in the reconstructions
+    out = {"classes": a.classes, "images": len(y), "render_seed": a.seed,
            "renders": {k: round(v, 4) for k, v in accuracy(clf.predict(x), y).items()},
-           "vae_reconstructions": {k: round(v, 4) for k, v in accuracy(clf.predict(rec), y).items()}}
+           "vae_reconstructions": {k: round(v, 4) for k, v in accuracy(pred, y).items()}}
+    # Per asked shape, the fraction of reconstructions still read as that shape: which shapes the VAE
+    # itself loses (compare scripts/eval_per_shape.py on samples).
+    from msf_train.data import SHAPES
+    shape_hit = pred[:, 0] == y % 10  # class id % 10 is its shape
+    out["vae_reconstructions_per_shape"] = {n: round(shape_hit[y % 10 == k].float().mean().item(), 3)
+                                            for k, n in enumerate(SHAPES)}
     if a.fid:
         from msf_eval.evaluate import REFERENCE_SEED, real_images, to_uint8
         from msf_eval.features import frechet_distance

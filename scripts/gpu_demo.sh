@@ -29,7 +29,7 @@ else
   DEV=cuda; FAM=demo; SHARE=shapes; SCALES=12,16; CLASSES=1000; PER_CLASS=${PER_CLASS:-100}
   VAE=(--steps ${VAE_STEPS:-20000} --batch 32 --mse 1 --no-mid-attention --max-minutes ${VAE_MIN:-1.5})
   LOG_EVERY=100; BATCH=${BATCH:-256}; MIN_A=${MIN_A:-1.4}; MIN_B=$(awk "BEGIN{print 2 * $MIN_A}"); MIN_C=${MIN_C:-2.0}
-  CLF=(--steps 4000 --batch 256 --max-minutes $MIN_C); EVAL=(--classes 0-999:2 --per-class 4 --seeds 1)
+  CLF=(--steps 4000 --batch 256 --max-minutes $MIN_C); EVAL=(--classes 0-999 --per-class 2 --seeds 1)
   SWEEP_STEPS=(${SWEEP_STEPS:-25,50 100,10}); SWEEP_CFG=(${SWEEP_CFG:-1.0,1.0 2.0,1.0})
   DIT_STEPS=100; MSF_STEPS=100,50
 fi
