@@ -61,8 +61,8 @@ def main():
               help="Cascade folder or exported artifact folder.")
 @click.option("--classes", default="0-999:11", show_default=True,
               help="Class ids: ranges a-b, lists, a-b:step. On the shapes data a class id is shape + "
-                   "10 x palette + 100 x texture, so a step coprime with 10 (the default 11: 91 classes; 7; 3) asks every shape, palette and "
-                   "texture; a step of 10 would ask only circles.")
+                   "10 x palette + 100 x texture, so a step coprime with 10 (the default 11: 91 classes; 7; 3) "
+                   "asks every shape, palette and texture; a step of 10 would ask only circles.")
 @click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 100000), help="Samples per class.")
 @click.option("--steps", default=None, help="Steps per stage, e.g. 100,50 (default: the paper recipe).")
 @click.option("--cfg", "cfg_scales", default=None, help="CFG per stage, e.g. 1.4,1.0.")

@@ -47,4 +47,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from msf_train.errors import MsfError
+
+    try:
+        main()
+    except MsfError as e:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

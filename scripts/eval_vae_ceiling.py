@@ -9,14 +9,15 @@ a class id is shape + 10 x palette + 100 x texture, so `0-999:2` would ask only 
 that sampling noise alone leaves at this many images; the reconstructions' is what a perfect
 generator would score once decoded by this VAE. A sampled model's FID-EffNet is read against these two.
 
-    python scripts/eval_vae_ceiling.py --vae runtime/weights/demo/vae --classifier msf_eval/weights/shapes-classifier --fid
+    python scripts/eval_vae_ceiling.py --vae runtime/weights/demo/vae \
+        --classifier msf_eval/weights/shapes-classifier --classes 0-999:2 --fid
 """
 import argparse
 import json
 
 import torch
 
-from msf_eval.classifier import _render_batch, accuracy, load_classifier
+from msf_eval.classifier import _render_batch, accuracy, attributes_of, load_classifier
 from msf_eval.cli import parse_class_spec
 from msf_train.vae import load_vae
 
@@ -44,9 +45,9 @@ def main():
     # Per asked shape, the fraction of reconstructions still read as that shape: which shapes the VAE
     # itself loses (compare scripts/eval_per_shape.py on samples).
     from msf_train.data import SHAPES
-    shape_hit = pred[:, 0] == y % 10  # class id % 10 is its shape
-    out["vae_reconstructions_per_shape"] = {n: round(shape_hit[y % 10 == k].float().mean().item(), 3)
-                                            for k, n in enumerate(SHAPES)}
+    asked = attributes_of(y)[:, 0]  # (N,) shape ids
+    out["vae_reconstructions_per_shape"] = {n: round((pred[asked == k, 0] == k).float().mean().item(), 3)
+                                            for k, n in enumerate(SHAPES) if (asked == k).any()}
     if a.fid:
         from msf_eval.evaluate import REFERENCE_SEED, real_images, to_uint8
         from msf_eval.features import frechet_distance
@@ -58,4 +59,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from msf_train.errors import MsfError
+
+    try:
+        main()
+    except MsfError as e:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
