@@ -29,6 +29,11 @@ def attributes_of(y: torch.Tensor) -> torch.Tensor:
     return torch.stack([y % 10, (y // 10) % 10, y // 100], dim=1)
 
 
+def shape_confusion(asked: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """Shape ids asked (B,) and read by the classifier (B,) -> (10, 10) counts, asked x read."""
+    return torch.bincount(asked.long() * 10 + read.long(), minlength=100).view(10, 10)
+
+
 def class_of(attrs: torch.Tensor) -> torch.Tensor:
     """(B, 3) attribute ids -> class ids (B,)."""
     return attrs[:, 0] + 10 * attrs[:, 1] + 100 * attrs[:, 2]

@@ -1,6 +1,7 @@
 """Which shapes a cascade draws: per asked shape, how often the shapes classifier reads that shape in
 the samples, and what it reads instead. msf-eval's shape accuracy is the mean of this table's
-diagonal; the table says where the misses are (e.g. corners the VAE rounds off).
+diagonal; the table says where the misses are (compare the VAE's own per-shape ceiling from
+scripts/eval_vae_ceiling.py).
 
     python scripts/eval_per_shape.py --model runtime/weights/demo-msf --classes 0-999:7 --seeds 0 1
 """
@@ -20,7 +21,7 @@ def main():
     ap.add_argument("--batch", type=int, default=50)
     a = ap.parse_args()
 
-    from msf_eval.classifier import attributes_of, load_classifier
+    from msf_eval.classifier import attributes_of, load_classifier, shape_confusion
     from msf_eval.cli import parse_class_spec
     from msf_eval.evaluate import to_uint8
     from msf_train.data import SHAPES
@@ -34,8 +35,7 @@ def main():
         for i in range(0, len(classes), a.batch):
             chunk = classes[i:i + a.batch]
             read = clf.predict(to_uint8(pipe.generate(chunk, seed=seed, plan=plan).image))[:, 0]  # (B,) shape
-            asked = attributes_of(torch.tensor(chunk))[:, 0]
-            confusion.index_put_((asked, read), torch.ones_like(asked), accumulate=True)
+            confusion += shape_confusion(attributes_of(torch.tensor(chunk))[:, 0], read)
     rows = {}
     for k, name in enumerate(SHAPES):
         n = int(confusion[k].sum())

@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from msf_eval.classifier import _render_batch, accuracy, attributes_of, load_classifier
+from msf_eval.classifier import _render_batch, accuracy, attributes_of, load_classifier, shape_confusion
 from msf_eval.cli import parse_class_spec
 from msf_train.vae import load_vae
 
@@ -45,9 +45,9 @@ def main():
     # Per asked shape, the fraction of reconstructions still read as that shape: which shapes the VAE
     # itself loses (compare scripts/eval_per_shape.py on samples).
     from msf_train.data import SHAPES
-    asked = attributes_of(y)[:, 0]  # (N,) shape ids
-    out["vae_reconstructions_per_shape"] = {n: round((pred[asked == k, 0] == k).float().mean().item(), 3)
-                                            for k, n in enumerate(SHAPES) if (asked == k).any()}
+    confusion = shape_confusion(attributes_of(y)[:, 0], pred[:, 0])  # (10, 10) asked x read
+    out["vae_reconstructions_per_shape"] = {n: round(confusion[k, k].item() / confusion[k].sum().item(), 3)
+                                            for k, n in enumerate(SHAPES) if confusion[k].sum()}
     if a.fid:
         from msf_eval.evaluate import REFERENCE_SEED, real_images, to_uint8
         from msf_eval.features import frechet_distance

@@ -32,6 +32,7 @@
 #   M0=43 M=40 DIT_M=83 REINIT=1                                  # run 4
 #   M0=40 M=22 DIT_M=62 CONTINUE=1                                # run 5, phase A
 #   M0=22 M=20 DIT_M=40 REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=1250 STEPS1=950 DIT_STEPS=880   # phase B
+#   M0=48 M=42 DIT_M=92 REINIT=1 PREV=run5b LR_SCHEDULE=cosine STEPS0=3200 STEPS1=2400 DIT_STEPS=2200 # run 6
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
