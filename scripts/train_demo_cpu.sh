@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The shipped demo weights, reproduced on a 2-core CPU in about 150 minutes of wall time (three runs,
-# below), in the background under `nice` so that other work goes on (see MODEL_CARD.md). Every step is a plain
+# The shipped demo weights, reproduced on a 2-core CPU in several runs of at most ~150 minutes of wall time
+# each (below), in the background under `nice` so that other work goes on (see MODEL_CARD.md). Every step is a plain
 # msf-train / msf-eval command with a wall-clock budget (--max-minutes stops training and saves).
 #
 #   1. VAE fine-tune (full 128 px images, L1 + squared error) || the shapes classifier   (one core each)
@@ -33,6 +33,7 @@
 #   M0=40 M=22 DIT_M=62 CONTINUE=1                                # run 5, phase A
 #   M0=22 M=20 DIT_M=40 REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=1250 STEPS1=950 DIT_STEPS=880   # phase B
 #   M0=48 M=42 DIT_M=92 REINIT=1 PREV=run5b LR_SCHEDULE=cosine STEPS0=3200 STEPS1=2400 DIT_STEPS=2200 # run 6
+#   M0=46 M=39 DIT_M=88 REINIT=1 PREV=run6 LR_SCHEDULE=cosine STEPS0=3000 STEPS1=2250 DIT_STEPS=2050  # run 7
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WORK:-/tmp/msf-demo-cpu}
