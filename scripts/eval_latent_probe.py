@@ -48,10 +48,10 @@ def main():
         tr, te = LatentCache(a.train), LatentCache(a.heldout)
         if tr.vae["sha256"] != te.vae["sha256"]:
             raise MsfError(f"{a.train} and {a.heldout} were made with different VAEs: make both with the same one")
+        x_tr, x_te = tr.load(a.which).float(), te.load(a.which).float()  # (N, C, h, w)
     except MsfError as e:
         sys.exit(f"eval_latent_probe: {e}")
     torch.manual_seed(a.seed)
-    x_tr, x_te = tr.load(a.which).float(), te.load(a.which).float()  # (N, C, h, w)
     y_tr = attributes_of(torch.from_numpy(tr.labels))  # (N, 3)
     y_te = torch.from_numpy(te.labels)
     net = probe_net(x_tr.shape[1])
