@@ -4,9 +4,9 @@ each attribute (shape, palette, texture), scored on a held-out cache made with t
 eval_vae_ceiling.py measures what survives encoding *and* decoding. This separates the two: an
 attribute the probe reads far better than the classifier reads it in reconstructions is lost by the
 decoder (a better decoder on the same encoder would give it back, and the denoisers trained on these
-latents stay valid); one the probe cannot read either is lost by the encoder (a new VAE, a new cache
-and retrained denoisers). The probe is a lower bound on what the latents hold: it is small and sees
-only the cache's images (12 per class for the demo), so read it as "at least".
+latents stay valid). One the probe cannot read either is lost by the encoder (a new VAE, a new cache
+and retrained denoisers) or merely beyond the probe: it is small and sees only the cache's images (12
+per class for the demo), so its figures are lower bounds on what the latents hold ("at least").
 
 The latents are the cache's, i.e. sampled from the posterior exactly as the denoisers see them in
 training (mean + std * noise, msf_train.cache).
