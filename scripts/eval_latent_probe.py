@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from msf_eval.classifier import ATTRIBUTES, accuracy, attributes_of
 from msf_train.cache import LatentCache
 from msf_train.errors import MsfError
+from msf_train.vae import same_vae
 
 
 def probe_net(channels: int) -> nn.Module:
@@ -44,13 +45,10 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    try:
-        tr, te = LatentCache(a.train), LatentCache(a.heldout)
-        if tr.vae["sha256"] != te.vae["sha256"]:
-            raise MsfError(f"{a.train} and {a.heldout} were made with different VAEs: make both with the same one")
-        x_tr, x_te = tr.load(a.which).float(), te.load(a.which).float()  # (N, C, h, w)
-    except MsfError as e:
-        sys.exit(f"eval_latent_probe: {e}")
+    tr, te = LatentCache(a.train), LatentCache(a.heldout)
+    if not same_vae(tr.vae, te.vae):
+        raise MsfError(f"{a.train} and {a.heldout} were made with different VAEs: make both with the same one")
+    x_tr, x_te = tr.load(a.which).float(), te.load(a.which).float()  # (N, C, h, w)
     torch.manual_seed(a.seed)
     y_tr = attributes_of(torch.from_numpy(tr.labels))  # (N, 3)
     y_te = torch.from_numpy(te.labels)
@@ -81,4 +79,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MsfError as e:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
