@@ -94,6 +94,8 @@ def _int_list(value: str) -> tuple[int, ...]:
               help="weight of a squared-error term added to the L1 loss (PSNR is a squared error)")
 @click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="start from this VAE folder (fine-tune; --widths and --mid-attention are then its own)")
+@click.option("--freeze-encoder", is_flag=True, help="with --init: train only the decoder; the latents stay "
+              "identical, so caches and stages made with the --init VAE keep working with the new one")
 @click.option("--classes", default=None, help="shapes classes: a count (20) or ids/ranges (0,5,10-19); default all 1000")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--workers", default=None, type=click.IntRange(0, 256),
@@ -103,7 +105,7 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--log-every", default=50, show_default=True, type=POS_INT)
 @_device_option
 @FORCE
-def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, classes, seed,
+def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
         workers, scale_images, max_minutes, log_every, device, force):
     """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
 
@@ -115,7 +117,7 @@ def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse
 
     s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
                   mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
-                  classes=parse_classes(classes), seed=seed, device=device, workers=workers,
+                  freeze_encoder=freeze_encoder, classes=parse_classes(classes), seed=seed, device=device, workers=workers,
                   scale_images=scale_images, log_every=log_every, max_minutes=max_minutes, force=force)
     click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.4f}, "
                f"PSNR {s['psnr_db']:.1f} dB (border/interior error {s['border_to_interior_mse']:.2f}), "

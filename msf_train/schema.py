@@ -220,6 +220,9 @@ def vae_record(obj, path, prefix="vae.") -> dict:
     sha = f.get("sha256", str)
     if not SHA256.fullmatch(sha):
         f.fail("sha256", "is not a sha256 hex digest")
+    enc = f.get("encoder_sha256", str, default=None)  # absent in records written before it existed
+    if enc is not None and not SHA256.fullmatch(enc):
+        f.fail("encoder_sha256", "is not a sha256 hex digest")
     f.get("scaling_factor", float)
     f.get("shift_factor", float, default=0.0)
     return obj

@@ -39,6 +39,7 @@ from msf_train.train_options import TrainOptions, check_resume_options, lr_at, v
 from msf_train.train_state import (STATE_DIR, has_checkpoint, latest_checkpoint, load_checkpoint, load_init,
                                    save_checkpoint, weights_sha256)
 from msf_train.util import JsonlLog, autocast, progress, resolve_device, step_seed
+from msf_train.vae import same_vae
 
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "train.json"
@@ -342,8 +343,8 @@ def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> M
     if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
         raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
                        f"the same preset")
-    theirs = (init_meta.get("vae") or {}).get("sha256")
-    if theirs and theirs != cache.vae.get("sha256"):
+    theirs = init_meta.get("vae")
+    if theirs and not same_vae(theirs, cache.vae):
         raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
                        f"its weights are for another latent space")
     if opts.residual_scale is not None and not resuming:
@@ -390,7 +391,7 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
         if ModelConfig.from_dict(saved["config"]) != cfg:
             raise MsfError(f"the checkpoint in {out} was trained as {saved['config']}, not {cfg.to_dict()}; "
                            f"choose another --out")
-        if saved.get("vae", {}).get("sha256") != cache.vae["sha256"]:
+        if not same_vae(saved.get("vae", {}), cache.vae):
             raise MsfError(f"the checkpoint in {out} was trained on latents of another VAE than cache {cache.folder}")
         check_resume_options(saved, opts, out)
         start = int(saved["step"])

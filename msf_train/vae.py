@@ -131,13 +131,37 @@ def weights_file(folder) -> Path:
     raise MsfError(f"{folder} has no VAE weights ({' or '.join(WEIGHT_FILES)})")
 
 
-_SHA_MEMO: dict[tuple, str] = {}
+_SHA_MEMO: dict[tuple, tuple[str, str]] = {}
+ENCODER_SIDE = ("encoder.", "quant_conv.")  # the tensors that map an image to its latent distribution
+
+
+def _encoder_sha256(w: Path) -> str:
+    """sha256 over the encoder side's tensors (name, dtype, shape, bytes, in name order): what fixes
+    the latents. A decoder fine-tuned on a frozen encoder (msf-train vae --freeze-encoder) keeps it."""
+    import hashlib
+
+    if w.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(w), framework="pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith(ENCODER_SIDE)}
+    else:
+        sd = {k: v for k, v in torch.load(w, map_location="cpu", weights_only=True).items() if k.startswith(ENCODER_SIDE)}
+    if not sd:
+        raise MsfError(f"{w} has no encoder tensors ({' or '.join(p + '*' for p in ENCODER_SIDE)}): not a VAE's weights")
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def vae_identity(folder) -> dict:
-    """What a latent cache and a stage folder record about their VAE: the sha256 of its weights file,
-    its latent factors and class. Two VAEs with the same record encode identically. The hash is
-    remembered per (file, size, mtime) for the life of the process (msf-run checks it at load)."""
+    """What a latent cache and a stage folder record about their VAE: the sha256 of its weights file
+    and of its encoder side, its latent factors and class. Two VAEs whose records agree on the encoder
+    and the factors encode identically (same_vae). The hashes are remembered per (file, size, mtime)
+    for the life of the process (msf-run checks them at load)."""
     from msf_train.checkpoint import sha256_file
 
     cls = vae_class_name(folder)
@@ -146,17 +170,34 @@ def vae_identity(folder) -> dict:
     st = w.stat()
     key = (str(w.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(w)
+        _SHA_MEMO[key] = sha256_file(w), _encoder_sha256(w)
     try:
         factors = float(cfg.get("scaling_factor") or 1.0), float(cfg.get("shift_factor") or 0.0)
     except (TypeError, ValueError):
         raise MsfError(f"{Path(folder) / 'config.json'}: scaling_factor and shift_factor must be numbers") from None
-    return {"class": cls, "sha256": _SHA_MEMO[key], "scaling_factor": factors[0], "shift_factor": factors[1]}
+    return {"class": cls, "sha256": _SHA_MEMO[key][0], "encoder_sha256": _SHA_MEMO[key][1],
+            "scaling_factor": factors[0], "shift_factor": factors[1]}
 
 
 def same_vae(a: dict, b: dict) -> bool:
-    return a.get("sha256") == b.get("sha256") and a.get("scaling_factor") == b.get("scaling_factor") \
-        and a.get("shift_factor", 0.0) == b.get("shift_factor", 0.0)
+    """Do two identity records describe interchangeable latents? Same factors, and the same encoder
+    (records written before encoder_sha256 existed are compared by their whole weights file)."""
+    if a.get("scaling_factor") != b.get("scaling_factor") or a.get("shift_factor", 0.0) != b.get("shift_factor", 0.0):
+        return False
+    if a.get("encoder_sha256") and b.get("encoder_sha256"):
+        return a["encoder_sha256"] == b["encoder_sha256"]
+    return a.get("sha256") == b.get("sha256")
+
+
+def complete_record(record: dict, folder) -> dict:
+    """An identity record written before encoder_sha256 existed, completed from the VAE folder it
+    names (which must be that very VAE: same weights file): lets stages trained on an older record
+    be used with a decoder fine-tuned on the same encoder."""
+    mine = vae_identity(folder)
+    if record.get("sha256") != mine["sha256"] or not same_vae(record, mine):
+        raise MsfError(f"{folder} is not the VAE this record names (sha256 {str(record.get('sha256', '?'))[:12]}, "
+                       f"scaling {record.get('scaling_factor')}); pass the VAE the stage was trained with")
+    return mine
 
 
 # ---- the demo VAE ------------------------------------------------------------------------------
@@ -213,7 +254,7 @@ def measure_latent_stats(vae, batches, generator: torch.Generator | None = None,
 
 def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
               widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
-              init=None, classes=None, seed: int = 0,
+              init=None, freeze_encoder: bool = False, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
               show_progress: bool = True, max_minutes: float | None = None, force: bool = False) -> dict:
     """Train the demo VAE on shapes images and save it (save_pretrained layout) with its scaling factor
@@ -221,13 +262,17 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
 
     Loss: L1 reconstruction (+ mse_weight * squared error) + kl_weight * KL, with the KL summed over
     latent elements and the L1 over pixels, both per image (SD's VAE weighting, kl_weight 1e-6).
-    ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one. AdamW, gradient clipping at 1,
+    ``init`` (a VAE folder) fine-tunes that VAE instead of building a fresh one; with ``freeze_encoder``
+    only its decoder side (post_quant_conv + decoder) learns and the scaling factor is kept, so the
+    latents stay bit-identical and every cache and stage made with ``init`` stays valid (vae_identity's
+    encoder_sha256 is unchanged). AdamW, gradient clipping at 1,
     bf16 autocast on CUDA. The training images are rendered on the fly by DataLoader workers, at
     `size` (the textures' period is a fraction of the side), optionally cropped to `crop` pixels."""
     from msf_train import outdir
 
     opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, mid_attention=mid_attention,
-                kl_weight=kl_weight, mse_weight=mse_weight, init=init, classes=classes, seed=seed, device=device,
+                kl_weight=kl_weight, mse_weight=mse_weight, init=init, freeze_encoder=freeze_encoder, classes=classes,
+                seed=seed, device=device,
                 workers=workers, scale_images=scale_images, log_every=log_every, show_progress=show_progress,
                 max_minutes=max_minutes)
     for name, v in (("steps", steps), ("batch", batch), ("scale_images", scale_images), ("log_every", log_every)):
@@ -238,6 +283,10 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     for name, v in (("size", size), ("crop", crop or size)):
         if v % 8:
             raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
+    if freeze_encoder and init is None:
+        raise MsfError("--freeze-encoder fine-tunes the decoder of an existing VAE: add --init VAE_FOLDER")
+    if init is not None and vae_class_name(init) != "AutoencoderKL":
+        raise MsfError(f"--init {init}: only an AutoencoderKL can be fine-tuned here (it has a posterior to train on)")
     if init is not None and Path(init).resolve() == Path(out).resolve():
         raise MsfError(f"--init and --out are the same folder ({out}): write the fine-tuned VAE to a new folder")
     key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()
@@ -248,8 +297,8 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
         return _train_vae(out, **opts)
 
 
-def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init, classes, seed,
-               device, workers, scale_images, log_every, show_progress, max_minutes) -> dict:
+def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init, freeze_encoder,
+               classes, seed, device, workers, scale_images, log_every, show_progress, max_minutes) -> dict:
     import time
 
     from msf_train import data
@@ -268,8 +317,12 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
         mid_attention = bool(getattr(vae.config, "mid_block_add_attention", True))
     else:
         vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
+    if freeze_encoder:  # the encoder side fixes the latents; GroupNorm only, so train() changes nothing there
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in vae.parameters())
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
         data.ShapesStream(classes, size, seed, batch, crop), batch_size=None, num_workers=workers,
@@ -288,16 +341,18 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
             break
         imgs, _ = next(it)
         x = data.to_unit(imgs.to(dev, non_blocking=True))
-        with autocast(dev):
+        with autocast(dev), torch.set_grad_enabled(not freeze_encoder):
             dist = vae.encode(x).latent_dist
-            rec = vae.decode(dist.sample(gen)).sample
+            z = dist.sample(gen)  # (B, C, H/8, W/8) raw latents
+        with autocast(dev):
+            rec = vae.decode(z).sample  # (B, 3, H, W)
         err = rec.float() - x
         l1 = err.abs().mean()
-        kl = dist.kl().float().mean() / x[0].numel()  # KL summed over the latent, per pixel
-        loss = l1 + kl_weight * kl + (mse_weight * err.square().mean() if mse_weight else 0.0)
+        kl = dist.kl().float().mean() / x[0].numel()  # KL summed over the latent, per pixel (a constant when frozen)
+        loss = l1 + (0.0 if freeze_encoder else kl_weight * kl) + (mse_weight * err.square().mean() if mse_weight else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         acc += torch.stack([loss.detach(), l1.detach(), kl.detach()])
         bar.update(1)
@@ -327,11 +382,13 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
             yield data.to_unit(imgs.to(dev))
 
     stats = measure_latent_stats(vae, batches(), torch.Generator(dev).manual_seed(seed + 2))
-    vae.register_to_config(scaling_factor=round(1.0 / stats["std"], 6))
+    if not freeze_encoder:  # a frozen encoder keeps init's factor: the latents (and their records) are unchanged
+        vae.register_to_config(scaling_factor=round(1.0 / stats["std"], 6))
     save_vae(vae, out)
     save_reconstructions(vae, next(batches())[:8], out / "reconstructions.png")
     summary = {"steps": steps, "batch": batch, "lr": lr, "size": size, "crop": crop, "widths": list(widths),
                "mid_attention": mid_attention, "init": str(init) if init is not None else None,
+               "freeze_encoder": freeze_encoder, "trainable_params": sum(p.numel() for p in params),
                "kl_weight": kl_weight, "mse_weight": mse_weight, "classes": len(classes), "seed": seed, "device": str(dev),
                "params": n_params, "train_wall_s": train_wall, "final_loss": log.last.get("loss"),
                "latent_mean": stats["mean"], "latent_std": stats["std"], "psnr_db": stats["psnr"],

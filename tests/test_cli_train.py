@@ -55,6 +55,14 @@ def test_cache_with_a_vae_folder_of_the_wrong_kind(assets, tmp_path):
     assert_one_line_error(r, "is an msf stage folder (a denoiser), not a VAE")
 
 
+def test_vae_freeze_encoder_needs_a_vae_to_start_from(assets, tmp_path):
+    r = run_cli("vae", "--out", tmp_path / "v", "--freeze-encoder", "--steps", "1")
+    assert_one_line_error(r, "--freeze-encoder", "add --init VAE_FOLDER")
+    r = run_cli("vae", "--out", assets["vae"], "--init", assets["vae"], "--freeze-encoder", "--steps", "1")
+    assert_one_line_error(r, "same folder")
+    assert not (tmp_path / "v").exists()
+
+
 def test_training_refuses_a_cache_made_with_another_vae(assets, tmp_path):
     r = run_cli("scale0", "--preset", "tiny/scale0", "--cache", assets["cache"], "--vae", assets["vae_other"],
                 "--out", tmp_path / "s0", "--steps", "1", "--device", "cpu")

@@ -108,7 +108,7 @@ def test_init_starts_a_new_run_from_a_stage_folder_with_a_fresh_optimizer(assets
     other = tmp_path / "other-vae"  # the same weights, recorded as trained on another VAE's latents
     shutil.copytree(first, other)
     meta = json.loads((other / "config.json").read_text())
-    meta["vae"]["sha256"] = "0" * 64
+    meta["vae"]["sha256"] = meta["vae"]["encoder_sha256"] = "0" * 64  # another encoder, not just another decoder
     (other / "config.json").write_text(json.dumps(meta))
     with pytest.raises(MsfError, match="another VAE"):
         train(opts(assets, "scale1", tmp_path / "wrong", init=str(other)), log=quiet)

@@ -10,8 +10,8 @@ from msf_train.checkpoint import save_stage, sha256_file
 from msf_train.config import get_preset
 from msf_train.errors import MsfError
 from msf_train.model import build_model
-from msf_train.vae import (DEMO_WIDTHS, build_vae, encode, load_vae, measure_latent_stats, vae_class_name,
-                           vae_identity, weights_file)
+from msf_train.vae import (DEMO_WIDTHS, build_vae, complete_record, encode, load_vae, measure_latent_stats,
+                           same_vae, train_vae, vae_class_name, vae_identity, weights_file)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,58 @@ def test_wrong_kind_of_folder_is_one_clear_error(tmp_path):
     (tmp_path / "junk" / "config.json").write_text("{not json")
     with pytest.raises(MsfError, match="not valid JSON"):
         vae_class_name(tmp_path / "junk")
+
+
+def test_decoder_fine_tune_keeps_the_latents_and_the_caches_valid(assets, tmp_path):
+    """--freeze-encoder: the decoder learns, the encoder side and the scaling factor stay bit-identical,
+    so the identity (encoder_sha256 + factors) matches and a cache made with the old VAE accepts it."""
+    from safetensors.torch import load_file
+
+    from msf_train.cache import LatentCache
+
+    new = tmp_path / "vae-dec"
+    s = train_vae(new, steps=3, batch=4, size=64, init=assets["vae"], freeze_encoder=True, mse_weight=1.0,
+                  classes=list(range(20)), seed=5, device="cpu", workers=0, scale_images=8, show_progress=False)
+    a = load_file(str(weights_file(assets["vae"])))
+    b = load_file(str(weights_file(new)))
+    enc = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    assert enc and all(torch.equal(a[k], b[k]) for k in enc)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))  # the decoder did learn
+    assert 0 < s["trainable_params"] < s["params"] and s["freeze_encoder"]
+    old_id, new_id = vae_identity(assets["vae"]), vae_identity(new)
+    assert new_id["sha256"] != old_id["sha256"] and new_id["encoder_sha256"] == old_id["encoder_sha256"]
+    assert new_id["scaling_factor"] == old_id["scaling_factor"] and same_vae(old_id, new_id)
+    x = data.to_unit(torch.stack([torch.from_numpy(data.render(c, c, 3, 64)).permute(2, 0, 1) for c in range(4)]))
+    assert torch.equal(encode(load_vae(assets["vae"]), x, sample=False), encode(load_vae(new), x, sample=False))
+    LatentCache(assets["cache"]).check_vae(new)  # no error: same latents
+    with pytest.raises(MsfError, match="made with another VAE"):
+        LatentCache(assets["cache"]).check_vae(assets["vae_other"])
+    # A stage trained on the old VAE's latents assembles with the new decoder, not with another VAE.
+    from msf_train.assemble import check_assembly
+
+    cfg = get_preset("tiny/dit")
+    stage = save_stage(tmp_path / "dit", build_model(cfg).state_dict(), cfg, vae=old_id)
+    check_assembly([stage], new)
+    with pytest.raises(MsfError, match="latents of another VAE"):
+        check_assembly([stage], assets["vae_other"])
+
+
+def test_identity_records_old_and_new():
+    """Records with encoder_sha256 compare by encoder and factors; older records (whole-file sha256
+    only) by the file; factors always count."""
+    enc, f1, f2 = "a" * 64, "b" * 64, "c" * 64
+    new1 = {"sha256": f1, "encoder_sha256": enc, "scaling_factor": 0.5, "shift_factor": 0.0}
+    new2 = {**new1, "sha256": f2}
+    assert same_vae(new1, new2)  # decoder fine-tune
+    assert not same_vae(new1, {**new2, "encoder_sha256": "d" * 64})
+    assert not same_vae(new1, {**new2, "scaling_factor": 0.25})
+    old1 = {"sha256": f1, "scaling_factor": 0.5}
+    assert same_vae(old1, new1) and not same_vae(old1, new2)  # an old record knows the file only
+
+
+def test_complete_record_needs_the_very_vae(assets):
+    ident = vae_identity(assets["vae"])
+    old = {k: v for k, v in ident.items() if k != "encoder_sha256"}
+    assert complete_record(old, assets["vae"]) == ident
+    with pytest.raises(MsfError, match="is not the VAE this record names"):
+        complete_record(old, assets["vae_other"])
