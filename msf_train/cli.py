@@ -103,23 +103,34 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--scale-images", default=1024, show_default=True, type=POS_INT, help="images to measure the latent std on")
 @click.option("--max-minutes", default=None, type=POS_FLOAT, help="stop training after this many minutes (then save)")
 @click.option("--log-every", default=50, show_default=True, type=POS_INT)
+@click.option("--save-every", default=500, show_default=True, type=POS_INT, help="checkpoint interval in steps")
+@click.option("--resume", is_flag=True, help="continue from OUT's checkpoint (or start if it has none); --steps may grow")
 @_device_option
 @FORCE
 def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
-        workers, scale_images, max_minutes, log_every, device, force):
+        workers, scale_images, max_minutes, log_every, save_every, resume, device, force):
     """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
 
     Saves it in the save_pretrained layout with scaling_factor = 1 / std of its latents on the data;
-    OUT/training.json records the measured std and the reconstruction PSNR.
+    OUT/training.json records the measured std and the reconstruction PSNR. A checkpoint
+    (OUT/state/) is written every --save-every steps, on Ctrl-C and at the end: a killed run goes on
+    with the same command and --resume.
+
+    \b
+    msf-train vae --out runs/vae --crop 64 --max-minutes 60          # a new VAE, resumable
+    msf-train vae --out runs/vae-dec --init runs/vae --freeze-encoder --mse 1
+                                        # a better decoder; caches and stages of runs/vae stay valid
     """
     from msf_train.data import parse_classes
-    from msf_train.vae import train_vae
+    from msf_train.vae_train import train_vae
 
     s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
                   mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
                   freeze_encoder=freeze_encoder, classes=parse_classes(classes), seed=seed, device=device, workers=workers,
-                  scale_images=scale_images, log_every=log_every, max_minutes=max_minutes, force=force)
-    click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.4f}, "
+                  scale_images=scale_images, log_every=log_every, save_every=save_every, resume=resume,
+                  max_minutes=max_minutes, force=force)
+    loss = "n/a" if s["final_loss"] is None else f"{s['final_loss']:.4f}"
+    click.echo(f"saved {out}: {s['params'] / 1e6:.2f}M parameters, {s['steps']} steps, loss {loss}, "
                f"PSNR {s['psnr_db']:.1f} dB (border/interior error {s['border_to_interior_mse']:.2f}), "
                f"scaling_factor {s['scaling_factor']:.5g}, {s['train_wall_s']:.0f} s")
 

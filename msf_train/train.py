@@ -22,7 +22,6 @@ import contextlib
 import math
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from msf_train.labels import share_label_gradients
 from msf_train.train_options import TrainOptions, check_resume_options, lr_at, validate_options
 from msf_train.train_state import (STATE_DIR, has_checkpoint, latest_checkpoint, load_checkpoint, load_init,
                                    save_checkpoint, weights_sha256)
-from msf_train.util import JsonlLog, autocast, progress, resolve_device, step_seed
+from msf_train.util import Interrupted, JsonlLog, StopSignals, autocast, progress, resolve_device, step_seed
 from msf_train.vae import same_vae
 
 LOG_FILE = "log.jsonl"
@@ -290,72 +289,6 @@ def train(opts: TrainOptions, log=print) -> dict:
             return _train(opts, cfg, cache, out, found, dist, dev, log, stop)
         finally:
             dist.close()
-
-
-class Interrupted(MsfError):
-    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; exit code 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class StopSignals:
-    """SIGINT and SIGTERM set a flag instead of killing the run: the loop finishes its step, saves a
-    checkpoint and raises `Interrupted`. A second signal acts as usual (the handler is restored)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-    def requested(self, dist: "Dist", at_log: bool, device) -> bool:
-        """One process: at once. Several: at log intervals, all together (any rank's signal stops all)."""
-        if dist.world == 1:
-            return self.signum is not None
-        if not at_log:
-            return False
-        flag = torch.tensor([float(self.signum is not None)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> ModelConfig:
-    """--init before anything is written: the folder holds this preset, trained on latents of the
-    cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it)."""
-    init_cfg, init_meta = load_stage_config(opts.init)
-    if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
-        raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
-                       f"the same preset")
-    theirs = init_meta.get("vae")
-    if theirs and not same_vae(theirs, cache.vae):
-        raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
-                       f"its weights are for another latent space")
-    if opts.residual_scale is not None and not resuming:
-        raise MsfError(f"--residual-scale and --init: the scale is --init {opts.init}'s "
-                       f"({init_cfg.residual_scale}); drop --residual-scale")
-    return cfg.replace(residual_scale=init_cfg.residual_scale)
-
-
-def _is_stage_output(folder: Path) -> bool:
-    """A training output folder written before output markers existed."""
-    return (folder / STATE_DIR).is_dir() or (folder / CONFIG_FILE).is_file()
 
 
 def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals | None = None) -> dict:

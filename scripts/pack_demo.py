@@ -50,7 +50,7 @@ def main(work: str, pack: str, vae: str | None = None) -> None:
     copy_stage(w / "msf" / "scale1", p / "demo" / "scale1", w / "msf" / "vae", new_vae)
     copy_stage(w / "dit-cascade" / "scale0", p / "demo" / "dit", w / "dit-cascade" / "vae", new_vae)
     shutil.copytree(new_vae or w / "msf" / "vae", p / "demo" / "vae",
-                    ignore=shutil.ignore_patterns("*.jsonl", "*.png", "training.json", ".*"))
+                    ignore=shutil.ignore_patterns("*.jsonl", "*.png", "training.json", ".*", "state"))
     write_cascade(p / "demo-msf", ["../demo/scale0", "../demo/scale1"], "../demo/vae")
     write_cascade(p / "demo-dit", ["../demo/dit"], "../demo/vae")
     if (w / "classifier").is_dir():

@@ -21,7 +21,8 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     if _ASSETS:
         return _ASSETS
     from msf_train.cache import build_cache
-    from msf_train.vae import build_vae, save_vae, train_vae
+    from msf_train.vae import save_vae
+    from msf_train.vae_train import build_vae, train_vae
 
     root = tmp_path_factory.mktemp("tiny-assets")
     vae = root / "vae"

@@ -1,5 +1,10 @@
 """VAE folders: the demo VAE's build, training and scaling factor; loading; wrong kinds of folder."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -10,8 +15,8 @@ from msf_train.checkpoint import save_stage, sha256_file
 from msf_train.config import get_preset
 from msf_train.errors import MsfError
 from msf_train.model import build_model
-from msf_train.vae import (DEMO_WIDTHS, build_vae, complete_record, encode, load_vae, measure_latent_stats,
-                           same_vae, train_vae, vae_class_name, vae_identity, weights_file)
+from msf_train.vae import complete_record, encode, load_vae, same_vae, vae_class_name, vae_identity, weights_file
+from msf_train.vae_train import DEMO_WIDTHS, build_vae, measure_latent_stats, train_vae
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +150,55 @@ def test_complete_record_needs_the_very_vae(assets):
     assert complete_record(old, assets["vae"]) == ident
     with pytest.raises(MsfError, match="is not the VAE this record names"):
         complete_record(old, assets["vae_other"])
+
+
+def _vae_cmd(out, steps, *extra):
+    return [sys.executable, "-m", "msf_train.cli", "vae", "--out", str(out), "--steps", str(steps), "--batch", "2",
+            "--size", "32", "--widths", "8,8,8,8", "--no-mid-attention", "--classes", "10", "--workers", "0",
+            "--scale-images", "4", "--log-every", "1", "--device", "cpu", *extra]
+
+
+def test_vae_training_resumes_after_a_kill_signal(tmp_path):
+    """SIGTERM mid-run saves a checkpoint and exits 143 with one line; without --resume the folder is
+    refused; --resume with more steps continues from the saved step, keeps the log up to it and
+    finishes a loadable VAE."""
+    out = tmp_path / "vae"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(_vae_cmd(out, 100000, "--save-every", "100000"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()):
+            time.sleep(0.2)
+        assert (out / "log.jsonl").read_text(), "training did not start"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: interrupted by SIGTERM") and "--resume" in last and "Traceback" not in err, err
+    step = torch.load(out / "state" / "vae-state.pt", weights_only=True)["step"]
+    assert step >= 1 and not (out / "config.json").exists()  # interrupted: no VAE folder yet
+    r = subprocess.run(_vae_cmd(out, step + 3), capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and "pass --resume" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run(_vae_cmd(out, step + 3, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == step + 3 and summary["resumed_from_step"] == step
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, step + 4))  # nothing lost, nothing twice
+    assert torch.load(out / "state" / "vae-state.pt", weights_only=True)["step"] == step + 3
+    load_vae(out)
+
+
+def test_resume_refuses_other_options_and_fewer_steps(tmp_path):
+    out = tmp_path / "vae"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(_vae_cmd(out, 3), capture_output=True, text=True, env=env, timeout=300).returncode == 0
+    r = subprocess.run(_vae_cmd(out, 5, "--resume", "--lr", "1e-3"), capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run(_vae_cmd(out, 2, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and "past --steps 2" in r.stderr and r.stderr.count("\n") == 1, r.stderr
