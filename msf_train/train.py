@@ -291,6 +291,28 @@ def train(opts: TrainOptions, log=print) -> dict:
             dist.close()
 
 
+def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> ModelConfig:
+    """--init before anything is written: the folder holds this preset, trained on latents of the
+    cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it)."""
+    init_cfg, init_meta = load_stage_config(opts.init)
+    if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
+        raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
+                       f"the same preset")
+    theirs = init_meta.get("vae")
+    if theirs and not same_vae(theirs, cache.vae):
+        raise MsfError(f"--init {opts.init} was trained on latents of another VAE than cache {cache.folder}: "
+                       f"its weights are for another latent space")
+    if opts.residual_scale is not None and not resuming:
+        raise MsfError(f"--residual-scale and --init: the scale is --init {opts.init}'s "
+                       f"({init_cfg.residual_scale}); drop --residual-scale")
+    return cfg.replace(residual_scale=init_cfg.residual_scale)
+
+
+def _is_stage_output(folder: Path) -> bool:
+    """A training output folder written before output markers existed."""
+    return (folder / STATE_DIR).is_dir() or (folder / CONFIG_FILE).is_file()
+
+
 def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals | None = None) -> dict:
     stop = stop or StopSignals()
     if opts.batch % dist.world:
