@@ -51,26 +51,39 @@ def measure_latent_stats(vae, batches, generator: torch.Generator | None = None,
     the squared error on a `border`-pixel frame to that of the interior (halos and corner artifacts
     show as a ratio well above 1)."""
     n, s, s2 = 0, 0.0, 0.0
-    se_edge, se_in, n_edge, n_in = 0.0, 0.0, 0, 0
+    err = ReconstructionError(border)
     for x in batches:
         dist = vae.encode(x).latent_dist
         z = dist.sample(generator).double()
         n += z.numel()
         s += z.sum().item()
         s2 += (z * z).sum().item()
-        rec = vae.decode(dist.mode()).sample.clamp(-1, 1)
-        se = (rec.double() - x.double()) ** 2  # (B, 3, H, W)
-        frame = torch.ones(se.shape[-2:], dtype=torch.bool, device=se.device)
-        frame[border:-border, border:-border] = False
-        se_edge += se[..., frame].sum().item()
-        se_in += se[..., ~frame].sum().item()
-        n_edge += se[..., frame].numel()
-        n_in += se[..., ~frame].numel()
+        err.add(x, vae.decode(dist.mode()).sample.clamp(-1, 1))
     mean = s / n
     std = math.sqrt(max(s2 / n - mean * mean, 1e-24))
-    mse = (se_edge + se_in) / (n_edge + n_in) * 0.25  # images in [-1, 1]: a range of 2
-    return {"mean": mean, "std": std, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
-            "border_to_interior": (se_edge / n_edge) / max(se_in / n_in, 1e-24)}
+    return {"mean": mean, "std": std, **err.result()}
+
+
+class ReconstructionError:
+    """Accumulates the squared error of reconstructions (images in [-1, 1]) on a `border`-pixel frame
+    and on the interior: PSNR over all pixels, and the frame's mean error over the interior's."""
+
+    def __init__(self, border: int = 4):
+        self.border, self.se_edge, self.se_in, self.n_edge, self.n_in = border, 0.0, 0.0, 0, 0
+
+    def add(self, x: torch.Tensor, rec: torch.Tensor) -> None:
+        se = (rec.double() - x.double()) ** 2  # (B, 3, H, W)
+        frame = torch.ones(se.shape[-2:], dtype=torch.bool, device=se.device)
+        frame[self.border:-self.border, self.border:-self.border] = False
+        self.se_edge += se[..., frame].sum().item()
+        self.se_in += se[..., ~frame].sum().item()
+        self.n_edge += se[..., frame].numel()
+        self.n_in += se[..., ~frame].numel()
+
+    def result(self) -> dict:
+        mse = (self.se_edge + self.se_in) / (self.n_edge + self.n_in) * 0.25  # images in [-1, 1]: a range of 2
+        return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+                "border_to_interior": (self.se_edge / self.n_edge) / max(self.se_in / self.n_in, 1e-24)}
 
 
 def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,

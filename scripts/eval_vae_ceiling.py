@@ -1,5 +1,5 @@
 """What the decoding VAE leaves a generator: the shapes classifier on real renders and on their VAE
-reconstructions (encode, posterior mode, decode). No sampler can score above the second row, so it is
+reconstructions (encode, posterior mode, decode), with the reconstructions' PSNR and border error. No sampler can score above the second row, so it is
 the ceiling for every accuracy that msf-eval reports on images decoded by this VAE.
 
 One render per class of `--classes` (msf-eval's syntax; the default, every class, asks every shape:
@@ -20,6 +20,7 @@ import torch
 from msf_eval.classifier import _render_batch, accuracy, attributes_of, load_classifier, shape_confusion
 from msf_eval.cli import parse_class_spec
 from msf_train.vae import load_vae
+from msf_train.vae_train import ReconstructionError
 
 
 def main():
@@ -39,7 +40,10 @@ def main():
         rec = torch.cat([vae.decode(vae.encode(c.float() / 127.5 - 1).latent_dist.mode()).sample.clamp(-1, 1)
                          for c in x.split(50)])
     pred = clf.predict(rec)  # (N, 3) shape, palette, texture read in the reconstructions
+    err = ReconstructionError(border=4)
+    err.add(x.float() / 127.5 - 1, rec)
     out = {"classes": a.classes, "images": len(y), "render_seed": a.seed,
+           "psnr_db": round(err.result()["psnr"], 2), "border_to_interior_mse": round(err.result()["border_to_interior"], 3),
            "renders": {k: round(v, 4) for k, v in accuracy(clf.predict(x), y).items()},
            "vae_reconstructions": {k: round(v, 4) for k, v in accuracy(pred, y).items()}}
     # Per asked shape, the fraction of reconstructions still read as that shape: which shapes the VAE
