@@ -11,6 +11,7 @@ generator would score once decoded by this VAE. A sampled model's FID-EffNet is 
 
     python scripts/eval_vae_ceiling.py --vae runtime/weights/demo/vae \
         --classifier msf_eval/weights/shapes-classifier --classes 0-999:2 --fid
+    python scripts/eval_vae_ceiling.py --vae NEW_VAE --classifier ... --figure f.png --also OLD_VAE
 """
 import argparse
 import json
@@ -32,6 +33,9 @@ def main():
     ap.add_argument("--seed", type=int, default=7, help="render seed (training used 0, the held-out set 1)")
     ap.add_argument("--fid", action="store_true", help="also FID-EffNet of renders and reconstructions "
                     "against msf-eval's reference renders (needs the eval extra; ~2 min on 2 CPU cores)")
+    ap.add_argument("--figure", default=None, help="save a PNG: 8 renders (top row) over their reconstructions "
+                    "by --vae, then by each --also VAE (same images)")
+    ap.add_argument("--also", nargs="*", default=[], help="other VAE folders for --figure's lower rows")
     a = ap.parse_args()
     y = torch.tensor(parse_class_spec(a.classes))  # (N,) class ids
     vae, (clf, _) = load_vae(a.vae), load_classifier(a.classifier)
@@ -59,6 +63,16 @@ def main():
         ref, _ = real_images(y.tolist(), 1, 128, REFERENCE_SEED)  # exactly msf-eval's reference at 1/class
         fids = {k: frechet_distance(ref, v)[0] for k, v in (("renders", x), ("vae_reconstructions", to_uint8(rec)))}
         out["fid_effnet_vs_reference"] = {k: round(v, 2) for k, v in fids.items()}
+    if a.figure:
+        pick = torch.linspace(0, len(y) - 1, 8).long()  # spread over the classes: several shapes and textures
+        rows = [x[pick].float() / 127.5 - 1, rec[pick]]
+        with torch.no_grad():
+            for other in map(load_vae, a.also):
+                rows.append(other.decode(other.encode(rows[0]).latent_dist.mode()).sample.clamp(-1, 1))
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows*128, 8*128)
+        from PIL import Image
+
+        Image.fromarray(((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(a.figure)
     print(json.dumps(out, indent=2))
 
 
