@@ -196,7 +196,7 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
             st = torch.load(state_path, map_location=dev, weights_only=True)
             vae.load_state_dict(st["vae"])
             opt.load_state_dict(st["opt"])
-            gen.set_state(st["gen"].cpu() if dev.type == "cpu" else st["gen"])
+            gen.set_state(st["gen"].cpu())  # generator states are CPU byte tensors, whatever the device
             start, wall0 = int(st["step"]), float(st["wall"])
         except Exception as e:  # a damaged file or another architecture: say which, do not guess
             raise MsfError(f"cannot resume from {state_path}: {(str(e).splitlines() or [type(e).__name__])[0]}; "
