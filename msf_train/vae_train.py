@@ -289,12 +289,13 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
 
 
 @torch.no_grad()
-def save_reconstructions(vae, x: torch.Tensor, path) -> None:
-    """A figure: images (top row) and their reconstructions from the posterior mode (bottom row)."""
+def save_reconstructions(vae, x: torch.Tensor, path, *others) -> None:
+    """A figure: images (top row) and their reconstructions from the posterior mode by `vae` (second
+    row), then by each of `others` (one row each: decoders compared on the same images)."""
     import numpy as np
     from PIL import Image
 
-    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-    rows = [torch.cat(list(t), dim=2) for t in (x, rec)]  # (3, H, B*W) each
+    recs = [v.decode(v.encode(x).latent_dist.mode()).sample.clamp(-1, 1) for v in (vae, *others)]
+    rows = [torch.cat(list(t), dim=2) for t in (x, *recs)]  # (3, H, B*W) each
     grid = ((torch.cat(rows, dim=1) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
     Image.fromarray(np.ascontiguousarray(grid)).save(path)

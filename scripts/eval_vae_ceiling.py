@@ -21,7 +21,7 @@ import torch
 from msf_eval.classifier import _render_batch, accuracy, attributes_of, load_classifier, shape_confusion
 from msf_eval.cli import parse_class_spec
 from msf_train.vae import load_vae
-from msf_train.vae_train import ReconstructionError
+from msf_train.vae_train import ReconstructionError, save_reconstructions
 
 
 def main():
@@ -46,8 +46,9 @@ def main():
     pred = clf.predict(rec)  # (N, 3) shape, palette, texture read in the reconstructions
     err = ReconstructionError(border=4)
     err.add(x.float() / 127.5 - 1, rec)
+    quality = err.result()
     out = {"classes": a.classes, "images": len(y), "render_seed": a.seed,
-           "psnr_db": round(err.result()["psnr"], 2), "border_to_interior_mse": round(err.result()["border_to_interior"], 3),
+           "psnr_db": round(quality["psnr"], 2), "border_to_interior_mse": round(quality["border_to_interior"], 3),
            "renders": {k: round(v, 4) for k, v in accuracy(clf.predict(x), y).items()},
            "vae_reconstructions": {k: round(v, 4) for k, v in accuracy(pred, y).items()}}
     # Per asked shape, the fraction of reconstructions still read as that shape: which shapes the VAE
@@ -65,14 +66,7 @@ def main():
         out["fid_effnet_vs_reference"] = {k: round(v, 2) for k, v in fids.items()}
     if a.figure:
         pick = torch.linspace(0, len(y) - 1, 8).long()  # spread over the classes: several shapes and textures
-        rows = [x[pick].float() / 127.5 - 1, rec[pick]]
-        with torch.no_grad():
-            for other in map(load_vae, a.also):
-                rows.append(other.decode(other.encode(rows[0]).latent_dist.mode()).sample.clamp(-1, 1))
-        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, rows*128, 8*128)
-        from PIL import Image
-
-        Image.fromarray(((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(a.figure)
+        save_reconstructions(vae, x[pick].float() / 127.5 - 1, a.figure, *map(load_vae, a.also))
     print(json.dumps(out, indent=2))
 
 

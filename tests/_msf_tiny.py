@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TINY_WIDTHS = (8, 16, 16, 16)
@@ -48,6 +49,15 @@ def run_cli(*args, timeout=300, env_extra=None, module="msf_train.cli") -> subpr
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def wait_for_first_log_line(out: Path, timeout: float = 120) -> None:
+    """Until a training run started in the background has written a line to OUT/log.jsonl."""
+    log = Path(out) / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (log.is_file() and log.read_text()):
+        time.sleep(0.2)
+    assert log.is_file() and log.read_text(), "training did not start"
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

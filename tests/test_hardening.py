@@ -25,7 +25,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from _msf_tiny import tiny_assets
+from _msf_tiny import tiny_assets, wait_for_first_log_line
 from export_helpers import exported
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -461,10 +461,7 @@ def test_sigint_saves_and_second_writer_is_refused(w, tmp_path):
     p = subprocess.Popen(_train_cmd(w, out, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(), start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()):
-            time.sleep(0.2)
-        assert (out / "log.jsonl").read_text(), "training did not start"
+        wait_for_first_log_line(out)
         second = subprocess.run(_train_cmd(w, out, 10, "--resume"), capture_output=True, text=True, env=_env(),
                                 timeout=300)
         holder = re.search(r"PID (\d+)", second.stderr)

@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from _msf_tiny import TINY_WIDTHS, tiny_assets
+from _msf_tiny import TINY_WIDTHS, tiny_assets, wait_for_first_log_line
 from msf_train import data
 from msf_train.checkpoint import save_stage, sha256_file
 from msf_train.config import get_preset
@@ -167,10 +166,7 @@ def test_vae_training_resumes_after_a_kill_signal(tmp_path):
     p = subprocess.Popen(_vae_cmd(out, 100000, "--save-every", "100000"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()):
-            time.sleep(0.2)
-        assert (out / "log.jsonl").read_text(), "training did not start"
+        wait_for_first_log_line(out)
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)
     finally:
