@@ -87,13 +87,15 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--size", default=128, show_default=True, type=click.IntRange(8, 4096), help="training image side in pixels")
 @click.option("--crop", default=None, type=click.IntRange(8, 4096), help="train on random crops of this side (cheaper; default: whole images)")
 @click.option("--widths", default="32,64,64,64", show_default=True, help="channels of the 4 levels (f8)")
+@click.option("--latent-channels", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="latent channels C (SD's VAE: 4, SD3's: 16); the denoisers trained on its cache take C")
 @click.option("--mid-attention/--no-mid-attention", default=True, show_default=True,
               help="self-attention in the encoder's and decoder's mid blocks")
 @click.option("--kl", "kl_weight", default=1e-6, show_default=True, type=NONNEG_FLOAT, help="KL weight (SD's per-image weighting)")
 @click.option("--mse", "mse_weight", default=0.0, show_default=True, type=NONNEG_FLOAT,
               help="weight of a squared-error term added to the L1 loss (PSNR is a squared error)")
 @click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="start from this VAE folder (fine-tune; --widths and --mid-attention are then its own)")
+              help="start from this VAE folder (fine-tune; --widths, --latent-channels and --mid-attention are then its own)")
 @click.option("--freeze-encoder", is_flag=True, help="with --init: train only the decoder; the latents stay "
               "identical, so caches and stages made with the --init VAE keep working with the new one")
 @click.option("--classes", default=None, help="shapes classes: a count (20) or ids/ranges (0,5,10-19); default all 1000")
@@ -107,9 +109,9 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--resume", is_flag=True, help="continue from OUT's checkpoint (or start if it has none); --steps may grow")
 @_device_option
 @FORCE
-def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
+def vae(out, steps, batch, lr, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
         workers, scale_images, max_minutes, log_every, save_every, resume, device, force):
-    """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 channels) on shapes images.
+    """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 latent channels unless told) on shapes images.
 
     Saves it in the save_pretrained layout with scaling_factor = 1 / std of its latents on the data;
     OUT/training.json records the measured std and the reconstruction PSNR. A checkpoint
@@ -125,6 +127,7 @@ def vae(out, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse
     from msf_train.vae_train import train_vae
 
     s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
+                  latent_channels=latent_channels,
                   mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
                   freeze_encoder=freeze_encoder, classes=parse_classes(classes), seed=seed, device=device, workers=workers,
                   scale_images=scale_images, log_every=log_every, save_every=save_every, resume=resume,

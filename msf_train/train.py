@@ -108,15 +108,15 @@ def stage_config(stage: str, preset: str | None) -> ModelConfig:
     return cfg
 
 
-def check_cache_fits(cfg: ModelConfig, cache) -> None:
+def check_cache_fits(cfg: ModelConfig, cache) -> ModelConfig:
+    """`cfg` sized for the cache: its latent channels are the cache's (the VAE fixes C; a preset names
+    the transformer), its latent sides must match (they fix the cascade's resolutions)."""
     want_full, want_base = cfg.scale_sizes[-1], cfg.scale_sizes[0]
-    if cache.channels != cfg.in_channels:
-        raise MsfError(f"cache {cache.folder} has {cache.channels}-channel latents; "
-                       f"preset {cfg.name} takes {cfg.in_channels}")
     if cache.full_size != want_full or (len(cfg.scale_sizes) > 1 and cache.base_size != want_base):
         want = f"{want_base},{want_full}" if len(cfg.scale_sizes) > 1 else f"{want_full}"
         raise MsfError(f"cache {cache.folder} holds {cache.base_size}/{cache.full_size} latents (base/full); preset "
                        f"{cfg.name} needs {want_base}/{want_full}: rebuild it with msf-train cache --scales {want}")
+    return cfg if cache.channels == cfg.in_channels else cfg.replace(in_channels=cache.channels)
 
 
 def targets(cfg: ModelConfig, full: torch.Tensor, base: torch.Tensor | None):
@@ -261,7 +261,7 @@ def train(opts: TrainOptions, log=print) -> dict:
     validate_options(opts)
     cfg = stage_config(opts.stage, opts.preset)
     cache = LatentCache(opts.cache)
-    check_cache_fits(cfg, cache)
+    cfg = check_cache_fits(cfg, cache)
     cache.check_classes(cfg.num_classes, cfg.name)
     if opts.vae:
         cache.check_vae(opts.vae)
@@ -295,6 +295,9 @@ def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> M
     """--init before anything is written: the folder holds this preset, trained on latents of the
     cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it)."""
     init_cfg, init_meta = load_stage_config(opts.init)
+    if init_cfg.in_channels != cfg.in_channels:
+        raise MsfError(f"--init {opts.init} takes {init_cfg.in_channels}-channel latents, cache {cache.folder} holds "
+                       f"{cfg.in_channels}-channel ones: its weights are for another VAE's latent space")
     if init_cfg != cfg.replace(residual_scale=init_cfg.residual_scale):
         raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: initialise from a folder of "
                        f"the same preset")

@@ -87,7 +87,7 @@ class ReconstructionError:
 
 
 def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
-              widths=DEMO_WIDTHS, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
+              widths=DEMO_WIDTHS, latent_channels: int = 4, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
               init=None, freeze_encoder: bool = False, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
               save_every: int = 500, resume: bool = False, show_progress: bool = True,
@@ -106,7 +106,8 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     (same options; --steps may grow); without it a folder holding one is refused unless ``force``."""
     from msf_train import outdir
 
-    opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, mid_attention=mid_attention,
+    opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, latent_channels=latent_channels,
+                mid_attention=mid_attention,
                 kl_weight=kl_weight, mse_weight=mse_weight, init=init, freeze_encoder=freeze_encoder, classes=classes,
                 seed=seed, device=device, workers=workers, scale_images=scale_images, log_every=log_every,
                 save_every=save_every, resume=resume, show_progress=show_progress, max_minutes=max_minutes)
@@ -116,6 +117,8 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
             raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not (math.isfinite(lr) and lr > 0) or kl_weight < 0 or mse_weight < 0:
         raise MsfError("--lr must be > 0, --kl and --mse >= 0")
+    if not 1 <= latent_channels <= 256:
+        raise MsfError(f"--latent-channels must be in 1..256, got {latent_channels}")
     for name, v in (("size", size), ("crop", crop or size)):
         if v % 8:
             raise MsfError(f"--{name} {v} must be a multiple of 8 (the VAE downsamples by 8)")
@@ -160,7 +163,7 @@ def _last_record(path: Path) -> dict:
     return {}
 
 
-def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_weight, mse_weight, init, freeze_encoder,
+def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init, freeze_encoder,
                classes, seed, device, workers, scale_images, log_every, save_every, resume, show_progress,
                max_minutes) -> dict:
     import signal
@@ -182,7 +185,7 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, mid_attention, kl_w
         widths = tuple(vae.config.block_out_channels)
         mid_attention = bool(getattr(vae.config, "mid_block_add_attention", True))
     else:
-        vae = build_vae(widths, sample_size=size, mid_attention=mid_attention).to(dev).train()
+        vae = build_vae(widths, latent_channels, sample_size=size, mid_attention=mid_attention).to(dev).train()
     if freeze_encoder:  # the encoder side fixes the latents; GroupNorm only, so train() changes nothing there
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)

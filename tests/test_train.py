@@ -288,3 +288,35 @@ def test_train_demo_script_at_tiny_size(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "vae: " in r.stdout and "exists, kept" in r.stdout and "up to date" in r.stdout
     assert latest_checkpoint(tmp_path / "demo" / "dit")[0] == 3
+
+
+def test_denoisers_take_the_latent_channels_of_their_vae(assets, tmp_path):
+    """A 16-channel VAE (SD3's count; the demo's is 4): the stages trained on its cache take 16
+    channels whatever the preset says, the cascade samples 16-channel latents into an image, and a
+    4-channel stage cannot be --init for it."""
+    from _msf_tiny import TINY_SCALES, TINY_WIDTHS
+    from msf_train.cache import build_cache
+    from msf_train.vae_train import train_vae
+    from runtime.pipeline import Pipeline
+
+    vae = tmp_path / "vae16"
+    train_vae(vae, steps=1, batch=2, size=64, widths=TINY_WIDTHS, latent_channels=16, classes=list(range(20)),
+              device="cpu", workers=0, scale_images=4, show_progress=False)
+    cache = tmp_path / "cache16"
+    build_cache(vae, "shapes", cache, scales=TINY_SCALES, classes="20", per_class=1, workers=0, device="cpu",
+                show_progress=False, log=quiet)
+    assert LatentCache(cache).channels == 16
+    for s in ("scale0", "scale1"):
+        train(opts(assets, s, tmp_path / s, steps=1, cache=str(cache), vae=str(vae)), log=quiet)
+        cfg, _ = load_stage(tmp_path / s)
+        assert cfg.in_channels == 16 and cfg.input_channels == (32 if s == "scale1" else 16)
+    msf = assemble_cascade(tmp_path / "msf", [tmp_path / "scale0", tmp_path / "scale1"], vae)
+    pipe = Pipeline.load(msf, device="cpu")
+    assert [c.in_channels for c in pipe.cfgs] == [16, 16]
+    g = pipe.generate([3, 7], seed=0, plan=pipe.plan((2, 2)), save_scales=True)  # each scale decoded
+    assert g.image.shape == (2, 3, 64, 64) and torch.isfinite(g.image).all() and len(g.scales) == 2
+
+    four = tmp_path / "four"
+    train(opts(assets, "scale0", four, steps=1), log=quiet)
+    with pytest.raises(MsfError, match="takes 4-channel latents, cache .* holds 16-channel"):
+        train(opts(assets, "scale0", tmp_path / "b", cache=str(cache), init=str(four)))
