@@ -7,6 +7,7 @@
 #   chain C: the shapes classifier for msf-eval
 # Outputs (under $OUT): train.log, eval.json, demo.tar.part-* (weights to unpack into the repo).
 #   DRY=1 bash scripts/gpu_demo.sh   # tiny presets on the CPU: proves the script end to end
+#   VAE_CHANNELS=16 bash scripts/gpu_demo.sh   # a 16-channel encoder: textures survive it (docs/RESULTS.md)
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
 # fast the denoisers learn to use the shape of the label (docs/RESULTS.md, "Choosing the recipe").
 set -uo pipefail
@@ -22,12 +23,13 @@ T="$PY -m msf_train.cli"
 E="$PY -m msf_eval.cli"
 
 if [ "${DRY:-0}" = 1 ]; then
-  DEV=cpu; FAM=tiny; SHARE=none; SCALES=4,8; CLASSES=20; PER_CLASS=8; VAE=(--widths 8,8,8,8 --size 64 --steps 20 --batch 8)
+  DEV=cpu; FAM=tiny; SHARE=none; SCALES=4,8; CLASSES=20; PER_CLASS=8; VAE=(--widths 8,8,8,8 --size 64 --steps 20 --batch 8 --latent-channels ${VAE_CHANNELS:-4})
   LOG_EVERY=5; BATCH=16; MIN_A=0.4; MIN_B=0.8; MIN_C=0.3; CLF=(--steps 5 --batch 8 --size 64); EVAL=(--classes 0-19:5 --per-class 2)
   SWEEP_STEPS=(4,2 8,2); SWEEP_CFG=(1.4,1.0 1.0,1.0); DIT_STEPS=4; MSF_STEPS=4,2
 else
   DEV=cuda; FAM=demo; SHARE=shapes; SCALES=12,16; CLASSES=1000; PER_CLASS=${PER_CLASS:-100}
-  VAE=(--steps ${VAE_STEPS:-20000} --batch 32 --mse 1 --no-mid-attention --max-minutes ${VAE_MIN:-1.5})
+  VAE=(--steps ${VAE_STEPS:-20000} --batch 32 --mse 1 --no-mid-attention --max-minutes ${VAE_MIN:-1.5}
+       --latent-channels ${VAE_CHANNELS:-4})
   LOG_EVERY=100; BATCH=${BATCH:-256}; MIN_A=${MIN_A:-1.4}; MIN_B=$(awk "BEGIN{print 2 * $MIN_A}"); MIN_C=${MIN_C:-2.0}
   CLF=(--steps 4000 --batch 256 --max-minutes $MIN_C); EVAL=(--classes 0-999 --per-class 2 --seeds 1)
   SWEEP_STEPS=(${SWEEP_STEPS:-25,50 100,10}); SWEEP_CFG=(${SWEEP_CFG:-1.0,1.0 2.0,1.0})
