@@ -151,6 +151,21 @@ def _save_state(path: Path, step: int, wall: float, vae, opt, gen) -> None:
     os.replace(tmp, path)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """In each DataLoader worker: let the first SIGINT or SIGTERM pass. Ctrl-C, `timeout`, Slurm and
+    systemd signal the whole process group; a worker killed by it made the trainer die with "DataLoader
+    worker killed" before it could save. Now the trainer alone acts on it (checkpoint, one line, exit
+    128 + n); the handler then reverts to the default, so the terminate() with which multiprocessing
+    ends its workers at exit still ends this one."""
+    import signal
+
+    def swallow_once(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, swallow_once)
+
+
 def _last_record(path: Path) -> dict:
     """The last complete record of a JSON-lines log ({} if none): a resumed run that took no step."""
     import json
@@ -211,7 +226,8 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mi
     stream_seed = seed if start == 0 else step_seed(seed, start) % 2**31
     loader = torch.utils.data.DataLoader(
         data.ShapesStream(classes, size, stream_seed, batch, crop), batch_size=None, num_workers=workers,
-        pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
+        pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=_leave_stop_signals_to_the_trainer if workers else None)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "log.jsonl", truncate_after=start if start else -1)
     bar = progress(steps, start, show_progress, desc="vae")

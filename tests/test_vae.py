@@ -158,16 +158,17 @@ def _vae_cmd(out, steps, *extra):
 
 
 def test_vae_training_resumes_after_a_kill_signal(tmp_path):
-    """SIGTERM mid-run saves a checkpoint and exits 143 with one line; without --resume the folder is
-    refused; --resume with more steps continues from the saved step, keeps the log up to it and
-    finishes a loadable VAE."""
+    """SIGTERM to the run's process group (as `timeout`, Slurm or Ctrl-C send it: the trainer and its
+    image-rendering worker alike) mid-run saves a checkpoint and exits 143 with one line; without
+    --resume the folder is refused; --resume with more steps continues from the saved step, keeps the
+    log up to it and finishes a loadable VAE."""
     out = tmp_path / "vae"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(_vae_cmd(out, 100000, "--save-every", "100000"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(_vae_cmd(out, 100000, "--save-every", "100000", "--workers", "1"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         wait_for_first_log_line(out)
-        p.send_signal(signal.SIGTERM)
+        os.killpg(p.pid, signal.SIGTERM)
         _, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
