@@ -8,6 +8,7 @@
 # Outputs (under $OUT): train.log, eval.json, demo.tar.part-* (weights to unpack into the repo).
 #   DRY=1 bash scripts/gpu_demo.sh   # tiny presets on the CPU: proves the script end to end
 #   VAE_CHANNELS=16 bash scripts/gpu_demo.sh   # a 16-channel encoder: textures survive it (docs/RESULTS.md)
+#   VAE_DIR=build/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (carried along), then cache and denoisers
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
 # fast the denoisers learn to use the shape of the label (docs/RESULTS.md, "Choosing the recipe").
 set -uo pipefail
@@ -40,8 +41,14 @@ stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name() if torc
 if [ "${REUSE:-0}" = 1 ] && [ -f "$W/vae/config.json" ] && [ -d "$W/cache" ]; then
   stamp "REUSE=1: keeping $W/vae and $W/cache"
 else
+if [ -n "${VAE_DIR:-}" ]; then
+  stamp "vae: $VAE_DIR (given, not trained)"
+  [ -f "$VAE_DIR/config.json" ] || { stamp "VAE_DIR=$VAE_DIR holds no config.json: give a VAE folder"; exit 1; }
+  rm -rf "$W/vae" && mkdir -p "$W/vae" && cp "$VAE_DIR"/config.json "$VAE_DIR"/*.safetensors "$W/vae/"
+else
 stamp "vae"
 $T vae --out "$W/vae" "${VAE[@]}" --classes "$CLASSES" --device $DEV || { stamp "vae failed"; exit 1; }
+fi
 stamp "cache"
 $T cache --vae "$W/vae" --data shapes --out "$W/cache" --scales $SCALES --classes "$CLASSES" \
   --per-class "$PER_CLASS" --device $DEV --batch 256 || { stamp "cache failed"; exit 1; }
