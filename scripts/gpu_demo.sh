@@ -24,18 +24,18 @@ T="$PY -m msf_train.cli"
 E="$PY -m msf_eval.cli"
 
 if [ "${DRY:-0}" = 1 ]; then
-  DEV=cpu; FAM=tiny; SHARE=none; SCALES=4,8; CLASSES=20; PER_CLASS=8; VAE=(--widths 8,8,8,8 --size 64 --steps 20 --batch 8 --latent-channels ${VAE_CHANNELS:-4})
+  DEV=cpu; FAM=tiny; SHARE=none; SCALES=4,8; CLASSES=20; PER_CLASS=8; VAE=(--widths 8,8,8,8 --size 64 --steps 20 --batch 8)
   LOG_EVERY=5; BATCH=16; MIN_A=0.4; MIN_B=0.8; MIN_C=0.3; CLF=(--steps 5 --batch 8 --size 64); EVAL=(--classes 0-19:5 --per-class 2)
   SWEEP_STEPS=(4,2 8,2); SWEEP_CFG=(1.4,1.0 1.0,1.0); DIT_STEPS=4; MSF_STEPS=4,2
 else
   DEV=cuda; FAM=demo; SHARE=shapes; SCALES=12,16; CLASSES=1000; PER_CLASS=${PER_CLASS:-100}
-  VAE=(--steps ${VAE_STEPS:-20000} --batch 32 --mse 1 --no-mid-attention --max-minutes ${VAE_MIN:-1.5}
-       --latent-channels ${VAE_CHANNELS:-4})
+  VAE=(--steps ${VAE_STEPS:-20000} --batch 32 --mse 1 --no-mid-attention --max-minutes ${VAE_MIN:-1.5})
   LOG_EVERY=100; BATCH=${BATCH:-256}; MIN_A=${MIN_A:-1.4}; MIN_B=$(awk "BEGIN{print 2 * $MIN_A}"); MIN_C=${MIN_C:-2.0}
   CLF=(--steps 4000 --batch 256 --max-minutes $MIN_C); EVAL=(--classes 0-999 --per-class 2 --seeds 1)
   SWEEP_STEPS=(${SWEEP_STEPS:-25,50 100,10}); SWEEP_CFG=(${SWEEP_CFG:-1.0,1.0 2.0,1.0})
   DIT_STEPS=100; MSF_STEPS=100,50
 fi
+VAE+=(--latent-channels "${VAE_CHANNELS:-4}")
 
 stamp "device: $($PY -c 'import torch;print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
 if [ "${REUSE:-0}" = 1 ] && [ -f "$W/vae/config.json" ] && [ -d "$W/cache" ]; then
