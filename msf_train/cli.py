@@ -84,6 +84,9 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--steps", default=5000, show_default=True, type=POS_INT)
 @click.option("--batch", default=32, show_default=True, type=POS_INT)
 @click.option("--lr", default=4e-4, show_default=True, type=POS_FLOAT)
+@click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(["constant", "cosine"]),
+              help="constant, or a cosine decay to 0 at --steps (a cool-down at the end of a run; "
+                   "--steps is then fixed for --resume)")
 @click.option("--size", default=128, show_default=True, type=click.IntRange(8, 4096), help="training image side in pixels")
 @click.option("--crop", default=None, type=click.IntRange(8, 4096), help="train on random crops of this side (cheaper; default: whole images)")
 @click.option("--widths", default="32,64,64,64", show_default=True, help="channels of the 4 levels (f8)")
@@ -109,7 +112,7 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--resume", is_flag=True, help="continue from OUT's checkpoint (or start if it has none); --steps may grow")
 @_device_option
 @FORCE
-def vae(out, steps, batch, lr, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
+def vae(out, steps, batch, lr, lr_schedule, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init_dir, freeze_encoder, classes, seed,
         workers, scale_images, max_minutes, log_every, save_every, resume, device, force):
     """Train the small demo VAE (diffusers AutoencoderKL, f8, 4 latent channels unless told) on shapes images.
 
@@ -126,7 +129,7 @@ def vae(out, steps, batch, lr, size, crop, widths, latent_channels, mid_attentio
     from msf_train.data import parse_classes
     from msf_train.vae_train import train_vae
 
-    s = train_vae(out, steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=_int_list(widths),
+    s = train_vae(out, steps=steps, batch=batch, lr=lr, lr_schedule=lr_schedule, size=size, crop=crop, widths=_int_list(widths),
                   latent_channels=latent_channels,
                   mid_attention=mid_attention, kl_weight=kl_weight, mse_weight=mse_weight, init=init_dir,
                   freeze_encoder=freeze_encoder, classes=parse_classes(classes), seed=seed, device=device, workers=workers,

@@ -100,12 +100,17 @@ def check_resume_options(saved: dict, opts: TrainOptions, out: Path) -> None:
 
 
 def lr_at(opts: TrainOptions, step: int) -> float:
-    """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or a cosine
-    decay to 0 at `opts.steps` (cooling down at the end of a budget is worth a good part of a longer
-    run; the EMA alone does less of it)."""
-    if opts.warmup and step < opts.warmup:
-        return opts.lr * (step + 1) / opts.warmup
-    if opts.lr_schedule == "cosine":
-        span = max(opts.steps - opts.warmup, 1)
-        return opts.lr * 0.5 * (1 + math.cos(math.pi * min(step - opts.warmup, span) / span))
-    return opts.lr
+    """The learning rate of optimizer step `step` (0-based) under the options' schedule."""
+    return scheduled_lr(opts.lr, step, opts.steps, opts.warmup, opts.lr_schedule)
+
+
+def scheduled_lr(lr: float, step: int, steps: int, warmup: int = 0, schedule: str = "constant") -> float:
+    """The learning rate of optimizer step `step` (0-based) of a `steps`-step run: linear warm-up, then
+    constant or a cosine decay to 0 at `steps` (cooling down at the end of a budget is worth a good
+    part of a longer run; an EMA alone does less of it)."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(steps - warmup, 1)
+        return lr * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
+    return lr

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from msf_train.errors import MsfError
+from msf_train.train_options import LR_SCHEDULES, scheduled_lr
 from msf_train.vae import load_vae, save_vae, vae_class_name
 
 STATE_FILE = "state/vae-state.pt"  # inside the output folder; small (weights + Adam moments)
@@ -86,7 +87,7 @@ class ReconstructionError:
                 "border_to_interior": (self.se_edge / self.n_edge) / max(self.se_in / self.n_in, 1e-24)}
 
 
-def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size: int = 128, crop: int | None = None,
+def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, lr_schedule: str = "constant", size: int = 128, crop: int | None = None,
               widths=DEMO_WIDTHS, latent_channels: int = 4, mid_attention: bool = True, kl_weight: float = 1e-6, mse_weight: float = 0.0,
               init=None, freeze_encoder: bool = False, classes=None, seed: int = 0,
               device: str = "auto", workers: int | None = None, scale_images: int = 1024, log_every: int = 50,
@@ -102,11 +103,12 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     latents stay bit-identical and every cache and stage made with ``init`` stays valid (vae_identity's
     encoder_sha256 is unchanged). AdamW, gradient clipping at 1, bf16 autocast on CUDA. The training
     images are rendered on the fly by DataLoader workers, at `size` (the textures' period is a
-    fraction of the side), optionally cropped to `crop` pixels. ``resume`` continues OUT's checkpoint
+    fraction of the side), optionally cropped to `crop` pixels. ``lr_schedule`` "cosine" decays the
+    learning rate to 0 at `steps` (so `steps` is then fixed for --resume). ``resume`` continues OUT's checkpoint
     (same options; --steps may grow); without it a folder holding one is refused unless ``force``."""
     from msf_train import outdir
 
-    opts = dict(steps=steps, batch=batch, lr=lr, size=size, crop=crop, widths=widths, latent_channels=latent_channels,
+    opts = dict(steps=steps, batch=batch, lr=lr, lr_schedule=lr_schedule, size=size, crop=crop, widths=widths, latent_channels=latent_channels,
                 mid_attention=mid_attention,
                 kl_weight=kl_weight, mse_weight=mse_weight, init=init, freeze_encoder=freeze_encoder, classes=classes,
                 seed=seed, device=device, workers=workers, scale_images=scale_images, log_every=log_every,
@@ -117,6 +119,8 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
             raise MsfError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not (math.isfinite(lr) and lr > 0) or kl_weight < 0 or mse_weight < 0:
         raise MsfError("--lr must be > 0, --kl and --mse >= 0")
+    if lr_schedule not in LR_SCHEDULES:
+        raise MsfError(f"--lr-schedule {lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
     if not 1 <= latent_channels <= 256:
         raise MsfError(f"--latent-channels must be in 1..256, got {latent_channels}")
     for name, v in (("size", size), ("crop", crop or size)):
@@ -132,10 +136,13 @@ def train_vae(out, *, steps: int = 5000, batch: int = 32, lr: float = 4e-4, size
     if state.is_file() and not (resume or force):
         raise MsfError(f"{out} holds a VAE training checkpoint ({STATE_FILE}): pass --resume to continue it "
                        f"(or --force to start over)")
-    # What a step computes: a resumed run must match it (steps may grow, so it is not part of the key).
+    # What a step computes: a resumed run must match it. Steps may grow under a constant rate, so they
+    # are not part of the key then; a cosine's steps are (another --steps would bend the rest of it).
+    # A constant schedule stays out of the key, so runs made before schedules existed still resume.
+    constant = lr_schedule == "constant"
     key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()
-           if k not in ("device", "workers", "show_progress", "log_every", "max_minutes", "save_every", "resume",
-                        "steps")}
+           if k not in ("device", "workers", "show_progress", "log_every", "max_minutes", "save_every", "resume")
+           and not (constant and k in ("steps", "lr_schedule"))}
     key["init"] = str(Path(init).resolve()) if init is not None else None
     key["classes"] = None if classes is None else list(classes)
     with outdir.claim(out, "msf-train vae", key, force, keep=lambda o: (o / STATE_FILE).is_file()):
@@ -178,7 +185,7 @@ def _last_record(path: Path) -> dict:
     return {}
 
 
-def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init, freeze_encoder,
+def _train_vae(out, *, steps, batch, lr, lr_schedule, size, crop, widths, latent_channels, mid_attention, kl_weight, mse_weight, init, freeze_encoder,
                classes, seed, device, workers, scale_images, log_every, save_every, resume, show_progress,
                max_minutes) -> dict:
     import signal
@@ -241,6 +248,9 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mi
             if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
                 stopped_by_time = True  # a wall-clock budget (e.g. a lent GPU) ends training here; the record says so
                 break
+            rate = scheduled_lr(lr, step, steps, schedule=lr_schedule)
+            for g in opt.param_groups:
+                g["lr"] = rate
             imgs, _ = next(it)
             x = data.to_unit(imgs.to(dev, non_blocking=True))
             with autocast(dev), torch.set_grad_enabled(not freeze_encoder):
@@ -262,7 +272,7 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mi
             if done % log_every == 0 or done == steps:
                 now = time.time()
                 vals = (acc / (done - s_last)).tolist()
-                log.write({"step": done, "loss": vals[0], "l1": vals[1], "kl": vals[2], "lr": lr,
+                log.write({"step": done, "loss": vals[0], "l1": vals[1], "kl": vals[2], "lr": rate,
                            "it_s": (done - s_last) / max(now - t_last, 1e-9), "wall": wall0 + now - t0})
                 bar.set_postfix(loss=f"{vals[0]:.4f}", refresh=False)
                 acc.zero_()
@@ -295,7 +305,7 @@ def _train_vae(out, *, steps, batch, lr, size, crop, widths, latent_channels, mi
     save_vae(vae, out)
     save_reconstructions(vae, next(batches())[:8], out / "reconstructions.png")
     summary = {"steps": done, "stopped_by_time": stopped_by_time, "resumed_from_step": start or None,
-               "batch": batch, "lr": lr, "size": size, "crop": crop, "widths": list(widths),
+               "batch": batch, "lr": lr, "lr_schedule": lr_schedule, "size": size, "crop": crop, "widths": list(widths),
                "mid_attention": mid_attention, "init": str(init) if init is not None else None,
                "freeze_encoder": freeze_encoder, "trainable_params": sum(p.numel() for p in params),
                "kl_weight": kl_weight, "mse_weight": mse_weight, "classes": len(classes), "seed": seed, "device": str(dev),

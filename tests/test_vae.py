@@ -199,3 +199,20 @@ def test_resume_refuses_other_options_and_fewer_steps(tmp_path):
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run(_vae_cmd(out, 2, "--resume"), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0 and "past --steps 2" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_cosine_schedule_cools_down_to_zero_and_fixes_the_steps(tmp_path):
+    """--lr-schedule cosine: the logged rate starts at --lr and falls monotonically to (nearly) 0 at
+    --steps; a resume asking for another --steps is refused in one line, since it would bend the curve."""
+    out = tmp_path / "vae"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_vae_cmd(out, 6, "--lr", "1e-3", "--lr-schedule", "cosine"), capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rates = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rates) == 6 and rates[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.1 * rates[0]
+    assert json.loads((out / "training.json").read_text())["lr_schedule"] == "cosine"
+    r = subprocess.run(_vae_cmd(out, 8, "--lr", "1e-3", "--lr-schedule", "cosine", "--resume"), capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
