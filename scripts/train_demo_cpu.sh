@@ -24,6 +24,9 @@
 # A cool-down (run 5): REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=.. STEPS1=.. DIT_STEPS=.. decays
 # the learning rate to 0 at those steps (fit them to the minutes: about 1.2 / 1.05 / 0.43 steps per
 # second for scale 0 / scale 1 / DiT on one core with COMPILE=1; the minutes stay as a cap).
+# VAE_DIR=weights/next/vae16 CLF_DIR=msf_eval/weights/shapes-classifier take a VAE and a classifier
+# trained before (copied into WORK) instead of training them: the denoisers then learn its latent
+# channel count (presets name the transformer, the cache fixes C) and start from scratch.
 # The shipped weights are these runs, one after the other:
 #   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=30 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
@@ -56,7 +59,15 @@ mkdir -p "$W"
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 one() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$@"; }   # one core per job: two jobs side by side
 
-stamp "vae ($VAE_MIN min, whole 128 px images) || classifier ($CLF_MIN min)"
+given() {  # folder file: copy a trained folder into WORK once, instead of training it
+  [ -n "$1" ] && [ ! -f "$3/$2" ] || return 0
+  [ -f "$1/$2" ] || { echo "$1 holds no $2: give a folder trained before"; exit 1; }
+  stamp "$(basename "$3"): $1 (given, not trained)"; rm -rf "$3" && cp -r "$1" "$3"
+}
+given "${VAE_DIR:-}" config.json "$W/vae"
+given "${CLF_DIR:-}" classifier.json "$W/classifier"
+[ -f "$W/vae/config.json" ] && [ -f "$W/classifier/classifier.json" ] ||
+  stamp "vae ($VAE_MIN min, whole 128 px images) || classifier ($CLF_MIN min)"
 if [ ! -f "$W/vae/config.json" ]; then
   init=(); [ -n "$INIT_VAE" ] && init=(--init "$INIT_VAE")
   one $T vae --out "$W/vae" "${init[@]}" --steps 1000000 --batch 8 --size 128 --lr 3e-4 --mse 1 --workers 0 \
@@ -67,7 +78,7 @@ if [ ! -f "$W/classifier/classifier.json" ]; then
     --device cpu > "$W/classifier.log" 2>&1 &
 fi
 wait
-tail -c 300 "$W/vae.log"; tail -c 300 "$W/classifier.log"; echo
+tail -c 300 "$W/vae.log" 2>/dev/null || true; tail -c 300 "$W/classifier.log" 2>/dev/null || true; echo
 [ -f "$W/vae/config.json" ] && [ -f "$W/classifier/classifier.json" ] || { echo "vae or classifier failed: see $W/*.log"; exit 1; }
 
 stamp "cache (1000 classes x $PER_CLASS images)"
