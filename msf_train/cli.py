@@ -197,13 +197,17 @@ def _train_command(stage: str, summary: str):
     @click.option("--init", "init_dir", default=None, type=click.Path(exists=True, file_okay=False),
                   help="start from this stage folder's weights (same preset and VAE; e.g. the shipped "
                        "runtime/weights/demo/scale0) with a fresh optimizer; --resume of OUT's own checkpoint wins")
+    @click.option("--init-body", is_flag=True,
+                  help="with --init trained on another VAE's latents (another channel count too): take only its "
+                       "transformer (blocks, time and class embeddings); the patch embedding and the output layer "
+                       "start afresh and the residual scale is this run's")
     @click.option("--max-minutes", default=None, type=POS_FLOAT,
                   help="wall-clock budget: stop at the first log interval past it and save (e.g. on a lent GPU)")
     @_device_option
     @FORCE
     def command(preset, cache_dir, out, steps, batch, lr, warmup, lr_schedule, ema, save_every, log_every, resume,
-                seed, time_sampling, label_sharing, vae_dir, residual_scale, compile_, init_dir, max_minutes, device,
-                force):
+                seed, time_sampling, label_sharing, vae_dir, residual_scale, compile_, init_dir, init_body, max_minutes,
+                device, force):
         get_preset(preset)  # a typo fails here, before torch loads
         from msf_train.train import TrainOptions, train
 
@@ -219,7 +223,7 @@ def _train_command(stage: str, summary: str):
                                warmup=warmup, lr_schedule=lr_schedule, ema=ema, save_every=save_every, log_every=log_every, resume=resume,
                                seed=seed, time_sampling=time_sampling, label_sharing=label_sharing,
                                device=device, vae=vae_dir,
-                               residual_scale=residual_scale, compile=compile_, init=init_dir,
+                               residual_scale=residual_scale, compile=compile_, init=init_dir, init_body=init_body,
                                max_minutes=max_minutes, force=force),
                   log=click.echo)
         if s.get("final_loss") is not None:

@@ -293,8 +293,15 @@ def train(opts: TrainOptions, log=print) -> dict:
 
 def check_init(opts: TrainOptions, cfg: ModelConfig, cache, resuming: bool) -> ModelConfig:
     """--init before anything is written: the folder holds this preset, trained on latents of the
-    cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it)."""
+    cache's VAE. Returns `cfg` with the folder's residual scale (its weights were trained for it).
+    With --init-body the folder may come from another VAE (another channel count too): only its
+    transformer is taken, so only the transformer must match, and the residual scale is this run's."""
     init_cfg, init_meta = load_stage_config(opts.init)
+    if opts.init_body:
+        if init_cfg.replace(in_channels=cfg.in_channels, residual_scale=cfg.residual_scale) != cfg:
+            raise MsfError(f"--init {opts.init} holds {init_cfg.name}, not {cfg.name}: --init-body takes the "
+                           f"transformer of a folder of the same preset")
+        return cfg
     if init_cfg.in_channels != cfg.in_channels:
         raise MsfError(f"--init {opts.init} takes {init_cfg.in_channels}-channel latents, cache {cache.folder} holds "
                        f"{cfg.in_channels}-channel ones: its weights are for another VAE's latent space")
@@ -361,9 +368,10 @@ def _train(opts, cfg, cache, out, found, dist: Dist, dev, log, stop: StopSignals
     if opts.init and saved and dist.main:
         log(f"--init {opts.init} ignored: resuming {out}'s own checkpoint")
     elif opts.init and not saved:  # every process loads the same weights: they start equal, as from a seed
-        init = load_init(opts.init, st.raw, st.ema)
+        init = load_init(opts.init, st.raw, st.ema, body_only=opts.init_body)
         if dist.main:
-            log(f"initialised from {opts.init} (step {init['step']}), fresh optimizer")
+            what = "the transformer body of " if opts.init_body else ""
+            log(f"initialised from {what}{opts.init} (step {init['step']}), fresh optimizer")
     if start >= opts.steps:
         if dist.main:
             log(f"{out} is already at step {start} >= --steps {opts.steps}; nothing to do")

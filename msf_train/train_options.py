@@ -45,6 +45,7 @@ class TrainOptions:
     max_minutes: float | None = None  # wall-clock budget: stop at the next log interval past it, then save
     force: bool = False  # write into a non-empty --out that holds no training output
     init: str | None = None  # start from this stage folder's weights (fresh optimizer); ignored on --resume
+    init_body: bool = False  # with init: only its transformer body (the folder was trained on another VAE's latents)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +78,8 @@ def validate_options(opts: TrainOptions) -> None:
     if not (math.isfinite(opts.grad_clip) and opts.grad_clip > 0) or not 0.0 <= opts.label_dropout < 1.0 \
             or not (math.isfinite(opts.weight_decay) and opts.weight_decay >= 0):
         raise MsfError("grad_clip must be > 0, label_dropout in [0, 1) and weight_decay >= 0")
+    if opts.init_body and not opts.init:
+        raise MsfError("--init-body takes the transformer body of an --init folder: add --init STAGE")
     if opts.residual_scale not in (None, "auto"):
         try:
             rs = float(opts.residual_scale)

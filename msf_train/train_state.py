@@ -97,15 +97,29 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_init(folder, raw: torch.nn.Module, ema: dict) -> dict:
+# The layers that read and write latents: what --init-body leaves at their fresh initialisation.
+LATENT_LAYERS = ("x_embedder.", "final_layer.linear.")
+
+
+def load_init(folder, raw: torch.nn.Module, ema: dict, body_only: bool = False) -> dict:
     """Copy a stage folder's weights into a new run's model and EMA -> what to record about them.
-    The folder was checked first (msf_train.train.check_init: same preset, same VAE)."""
+    The folder was checked first (msf_train.train.check_init: same preset, same VAE). With
+    `body_only` the patch embedding and the output layer keep the new run's initialisation (the
+    folder was trained on another latent space): the blocks, the time embedding and the class table
+    (what the classes look like, whatever encodes them) carry over."""
     folder = Path(folder)
     _, meta = load_stage_config(folder)
     _, model = load_stage(folder, device=next(raw.parameters()).device)
     sd = model.state_dict()
-    raw.load_state_dict(sd)
-    for k, v in sd.items():
+    fresh = sorted(k for k in sd if k.startswith(LATENT_LAYERS)) if body_only else []
+    taken = {k: v for k, v in sd.items() if k not in fresh}
+    missing, unexpected = raw.load_state_dict(taken, strict=False)
+    if unexpected or sorted(missing) != fresh:  # check_init matched the presets: this is a bug, not bad input
+        raise RuntimeError(f"--init {folder}: unexpected {unexpected}, missing {missing}")
+    for k, v in taken.items():
         if k in ema:
             ema[k].copy_(v.float() if v.is_floating_point() else v)
-    return {"stage": str(folder.resolve()), "step": meta.get("step"), "weights_sha256": weights_sha256(sd)}
+    rec = {"stage": str(folder.resolve()), "step": meta.get("step"), "weights_sha256": weights_sha256(sd)}
+    if body_only:
+        rec["body_only"], rec["fresh"] = True, fresh
+    return rec

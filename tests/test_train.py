@@ -320,3 +320,38 @@ def test_denoisers_take_the_latent_channels_of_their_vae(assets, tmp_path):
     train(opts(assets, "scale0", four, steps=1), log=quiet)
     with pytest.raises(MsfError, match="takes 4-channel latents, cache .* holds 16-channel"):
         train(opts(assets, "scale0", tmp_path / "b", cache=str(cache), init=str(four)))
+
+
+def test_init_body_takes_the_transformer_of_another_latent_space(assets, tmp_path):
+    """--init-body: a stage trained on 4-channel latents starts a 16-channel one. The blocks, the time
+    and class embeddings come over (to within one step of a vanishing learning rate); the patch
+    embedding and the output layer are the new run's own, of the new shape; the record says so."""
+    from _msf_tiny import TINY_SCALES, TINY_WIDTHS
+    from msf_train.cache import build_cache
+    from msf_train.vae_train import train_vae
+
+    vae = tmp_path / "vae16"
+    train_vae(vae, steps=1, batch=2, size=64, widths=TINY_WIDTHS, latent_channels=16, classes=list(range(20)),
+              device="cpu", workers=0, scale_images=4, show_progress=False)
+    cache = tmp_path / "cache16"
+    build_cache(vae, "shapes", cache, scales=TINY_SCALES, classes="20", per_class=1, workers=0, device="cpu",
+                show_progress=False, log=quiet)
+    four = tmp_path / "four"
+    train(opts(assets, "scale1", four, steps=2), log=quiet)
+    with pytest.raises(MsfError, match="--init-body takes the transformer of a folder of the same preset"):
+        train(opts(assets, "scale0", tmp_path / "x", cache=str(cache), init=str(four), init_body=True))
+    with pytest.raises(MsfError, match="add --init STAGE"):
+        train(opts(assets, "scale1", tmp_path / "y", cache=str(cache), init_body=True))
+
+    s = train(opts(assets, "scale1", tmp_path / "new", steps=1, lr=1e-12, cache=str(cache), vae=str(vae),
+                   init=str(four), init_body=True), log=quiet)
+    assert s["init"]["body_only"] and s["init"]["fresh"] == ["final_layer.linear.bias", "final_layer.linear.weight",
+                                                           "x_embedder.bias", "x_embedder.weight"]
+    _, old = load_stage(four)
+    cfg, new = load_stage(tmp_path / "new")
+    assert cfg.in_channels == 16 and new.x_embedder.weight.shape[1] == 32 and old.x_embedder.weight.shape[1] == 8
+    a, b = old.state_dict(), new.state_dict()
+    for k in ("blocks.0.attn.qkv.weight", "y_embedder.weight", "t_embedder.mlp.0.weight",
+              "final_layer.adaLN_modulation.1.weight"):
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0, msg=k)
+    assert new.final_layer.linear.weight.shape[0] == 4 * old.final_layer.linear.weight.shape[0]  # p*p*16 outputs
