@@ -26,7 +26,9 @@
 # second for scale 0 / scale 1 / DiT on one core with COMPILE=1; the minutes stay as a cap).
 # VAE_DIR=weights/next/vae16 CLF_DIR=msf_eval/weights/shapes-classifier take a VAE and a classifier
 # trained before (copied into WORK) instead of training them: the denoisers then learn its latent
-# channel count (presets name the transformer, the cache fixes C) and start from scratch.
+# channel count (presets name the transformer, the cache fixes C) and start from scratch, or with
+# INIT_BODY=runtime/weights/demo from the shipped stages' transformers (--init-body: blocks, time and
+# class embeddings; the layers that read and write latents start afresh).
 # The shipped weights are these runs, one after the other:
 #   WORK=/tmp/msf-demo-cpu M=20 nice -n 10 bash scripts/train_demo_cpu.sh
 #   WORK=/tmp/msf-demo-cpu M=30 CONTINUE=1 COMPILE=1 nice -n 10 bash scripts/train_demo_cpu.sh
@@ -89,6 +91,7 @@ COMPILE_FLAG=(); [ "${COMPILE:-0}" = 1 ] && COMPILE_FLAG=(--compile)
 train() {  # stage minutes; a stage that finished (train.json written) is not trained again, unless CONTINUE=1
   [ -f "$W/$1/train.json" ] && [ "${CONTINUE:-0}" != 1 ] && [ "${REINIT:-0}" != 1 ] && return 0
   local init=()
+  [ -n "${INIT_BODY:-}" ] && init=(--init "$INIT_BODY/$1" --init-body)  # ignored once the stage has a checkpoint
   if [ "${REINIT:-0}" = 1 ]; then
     [ -d "$W/$1.$PREV" ] || mv "$W/$1" "$W/$1.$PREV"
     init=(--init "$W/$1.$PREV")
