@@ -8,7 +8,7 @@
 # Outputs (under $OUT): train.log, eval.json, demo.tar.part-* (weights to unpack into the repo).
 #   DRY=1 bash scripts/gpu_demo.sh   # tiny presets on the CPU: proves the script end to end
 #   VAE_CHANNELS=16 bash scripts/gpu_demo.sh   # a 16-channel encoder: textures survive it (docs/RESULTS.md)
-#   VAE_DIR=build/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (carried along), then cache and denoisers
+#   VAE_DIR=weights/next/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (tracked: it travels), then cache and denoisers
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
 # fast the denoisers learn to use the shape of the label (docs/RESULTS.md, "Choosing the recipe").
 set -uo pipefail
