@@ -9,6 +9,7 @@
 #   DRY=1 bash scripts/gpu_demo.sh   # tiny presets on the CPU: proves the script end to end
 #   VAE_CHANNELS=16 bash scripts/gpu_demo.sh   # a 16-channel encoder: textures survive it (docs/RESULTS.md)
 #   VAE_DIR=weights/next/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (tracked: it travels), then cache and denoisers
+#   INIT_BODY=runtime/weights/demo ...   # each stage starts from that stage's transformer (--init-body; MSF and DiT alike)
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
 # fast the denoisers learn to use the shape of the label (docs/RESULTS.md, "Choosing the recipe").
 set -uo pipefail
@@ -57,7 +58,7 @@ fi
 stage() {  # name preset minutes: --max-minutes ends training and saves; timeout is the safety net
   timeout "$(awk "BEGIN{print int(60 * $3 + 120)}")" $T "$1" --preset "$2" --cache "$W/cache" --vae "$W/vae" --out "$W/$1" --steps 1000000 --batch $BATCH \
     --lr 1e-3 --warmup 200 --time-sampling logit_normal --ema 0.9995 --label-sharing $SHARE --save-every 500 --log-every $LOG_EVERY --device $DEV --resume --max-minutes "$3" \
-    2>&1 | grep --line-buffered -v "it/s]" | sed -u "s/^/[$1] /"
+    ${INIT_BODY:+--init "$INIT_BODY/$1" --init-body} 2>&1 | grep --line-buffered -v "it/s]" | sed -u "s/^/[$1] /"
 }
 stamp "training: chain A (scale0 ${MIN_A} min, scale1 ${MIN_A} min), chain B (dit ${MIN_B} min), chain C (classifier)"
 ( stage scale0 $FAM/scale0 $MIN_A; stage scale1 $FAM/scale1 $MIN_A ) &
