@@ -28,6 +28,7 @@ NONNEG_FLOAT = click.FloatRange(min=0.0, max=1e6)
 FORCE = click.option("--force", is_flag=True, help="write into a non-empty --out that is not an earlier output of "
                      "this command for the same inputs (replacing what it holds)")
 from msf_train.config import PRESETS, get_preset
+from msf_train.train_options import LR_SCHEDULES
 
 
 @click.group(cls=MsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +85,7 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--steps", default=5000, show_default=True, type=POS_INT)
 @click.option("--batch", default=32, show_default=True, type=POS_INT)
 @click.option("--lr", default=4e-4, show_default=True, type=POS_FLOAT)
-@click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(["constant", "cosine"]),
+@click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(LR_SCHEDULES),
               help="constant, or a cosine decay to 0 at --steps (a cool-down at the end of a run; "
                    "--steps is then fixed for --resume)")
 @click.option("--size", default=128, show_default=True, type=click.IntRange(8, 4096), help="training image side in pixels")
@@ -176,7 +177,7 @@ def _train_command(stage: str, summary: str):
     @click.option("--lr", default=1e-4, show_default=True, type=POS_FLOAT,
                   help="AdamW learning rate (the paper: 3e-4 at batch 2560)")
     @click.option("--warmup", default=0, show_default=True, type=NONNEG_INT, help="linear LR warm-up steps")
-    @click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(["constant", "cosine"]),
+    @click.option("--lr-schedule", default="constant", show_default=True, type=click.Choice(LR_SCHEDULES),
                   help="after warm-up: constant, or cosine decay to 0 at --steps (set --steps to what the "
                        "budget fits)")
     @click.option("--ema", default=0.9999, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),

@@ -31,6 +31,22 @@ def assets(tmp_path_factory):
     return tiny_assets(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def vae16(tmp_path_factory):
+    """A tiny 16-channel VAE (SD3's count; the demo's is 4) and a 20-class cache of its latents."""
+    from _msf_tiny import TINY_SCALES, TINY_WIDTHS
+    from msf_train.cache import build_cache
+    from msf_train.vae_train import train_vae
+
+    root = tmp_path_factory.mktemp("vae16")
+    vae, cache = root / "vae", root / "cache"
+    train_vae(vae, steps=1, batch=2, size=64, widths=TINY_WIDTHS, latent_channels=16, classes=list(range(20)),
+              device="cpu", workers=0, scale_images=4, show_progress=False)
+    build_cache(vae, "shapes", cache, scales=TINY_SCALES, classes="20", per_class=1, workers=0, device="cpu",
+                show_progress=False, log=quiet)
+    return vae, cache
+
+
 def opts(assets, stage, out, **kw):
     kw = {"steps": 4, "batch": 8, "save_every": 2, "log_every": 1, "device": "cpu", "progress": False,
           "preset": f"tiny/{stage}", "cache": str(assets["cache"]), **kw}
@@ -290,21 +306,13 @@ def test_train_demo_script_at_tiny_size(tmp_path):
     assert latest_checkpoint(tmp_path / "demo" / "dit")[0] == 3
 
 
-def test_denoisers_take_the_latent_channels_of_their_vae(assets, tmp_path):
+def test_denoisers_take_the_latent_channels_of_their_vae(assets, vae16, tmp_path):
     """A 16-channel VAE (SD3's count; the demo's is 4): the stages trained on its cache take 16
     channels whatever the preset says, the cascade samples 16-channel latents into an image, and a
     4-channel stage cannot be --init for it."""
-    from _msf_tiny import TINY_SCALES, TINY_WIDTHS
-    from msf_train.cache import build_cache
-    from msf_train.vae_train import train_vae
     from runtime.pipeline import Pipeline
 
-    vae = tmp_path / "vae16"
-    train_vae(vae, steps=1, batch=2, size=64, widths=TINY_WIDTHS, latent_channels=16, classes=list(range(20)),
-              device="cpu", workers=0, scale_images=4, show_progress=False)
-    cache = tmp_path / "cache16"
-    build_cache(vae, "shapes", cache, scales=TINY_SCALES, classes="20", per_class=1, workers=0, device="cpu",
-                show_progress=False, log=quiet)
+    vae, cache = vae16
     assert LatentCache(cache).channels == 16
     for s in ("scale0", "scale1"):
         train(opts(assets, s, tmp_path / s, steps=1, cache=str(cache), vae=str(vae)), log=quiet)
@@ -322,20 +330,11 @@ def test_denoisers_take_the_latent_channels_of_their_vae(assets, tmp_path):
         train(opts(assets, "scale0", tmp_path / "b", cache=str(cache), init=str(four)))
 
 
-def test_init_body_takes_the_transformer_of_another_latent_space(assets, tmp_path):
+def test_init_body_takes_the_transformer_of_another_latent_space(assets, vae16, tmp_path):
     """--init-body: a stage trained on 4-channel latents starts a 16-channel one. The blocks, the time
     and class embeddings come over (to within one step of a vanishing learning rate); the patch
     embedding and the output layer are the new run's own, of the new shape; the record says so."""
-    from _msf_tiny import TINY_SCALES, TINY_WIDTHS
-    from msf_train.cache import build_cache
-    from msf_train.vae_train import train_vae
-
-    vae = tmp_path / "vae16"
-    train_vae(vae, steps=1, batch=2, size=64, widths=TINY_WIDTHS, latent_channels=16, classes=list(range(20)),
-              device="cpu", workers=0, scale_images=4, show_progress=False)
-    cache = tmp_path / "cache16"
-    build_cache(vae, "shapes", cache, scales=TINY_SCALES, classes="20", per_class=1, workers=0, device="cpu",
-                show_progress=False, log=quiet)
+    vae, cache = vae16
     four = tmp_path / "four"
     train(opts(assets, "scale1", four, steps=2), log=quiet)
     with pytest.raises(MsfError, match="--init-body takes the transformer of a folder of the same preset"):
