@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +97,28 @@ class Interrupted(MsfError):
 
 class StopSignals:
     """SIGINT and SIGTERM set a flag instead of killing the run: the loop finishes its step, saves a
-    checkpoint and raises `Interrupted`. A second signal acts as usual (the handler is restored)."""
+    checkpoint and raises `Interrupted`. A second signal more than DUPLICATE_S after the first acts as
+    usual (the old handler is restored and the signal sent again). One closer to the first is the same
+    stop arriving twice: `kill -TERM -PGID` (timeout, Slurm) reaches this process directly and through
+    the supervisor that forwards its own SIGTERM (cliutil.supervise), in either order; taking the
+    second as "stop now" made such a kill die without its checkpoint, now and then."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    DUPLICATE_S = 2.0
 
     def __init__(self):
         self.signum: int | None = None
+        self._at = 0.0
         self._old: dict = {}
 
     def _handle(self, signum, frame):
-        self.signum = signum
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        if self.signum is None:
+            self.signum, self._at = signum, time.monotonic()
+            return
+        if time.monotonic() - self._at < self.DUPLICATE_S:
+            return
+        self.__exit__()
+        os.kill(os.getpid(), signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

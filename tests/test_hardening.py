@@ -565,3 +565,24 @@ def test_permission_denied_is_one_line(tmp_path):
     finally:
         os.chmod(base, 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_stop_signal_twice_is_one_stop_and_a_later_one_stops_at_once():
+    """A process-group SIGTERM reaches the trainer directly and again through its supervisor: the
+    second copy, close after the first, must not kill the run before it saves; a signal sent well
+    after the first still acts as usual (the default action: death by SIGTERM)."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from msf_train.util import StopSignals\n"
+        "StopSignals.DUPLICATE_S = 0.5\n"
+        "with StopSignals() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)\n"
+        "    print('alive', stop.signum, flush=True)\n"
+        "    time.sleep(0.6)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(1)\n"
+        "    print('not stopped', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["alive", str(int(signal.SIGTERM))], r.stdout + r.stderr
+    assert r.returncode == -signal.SIGTERM, r.stdout + r.stderr
