@@ -117,7 +117,7 @@ class StopSignals:
             return
         if time.monotonic() - self._at < self.DUPLICATE_S:
             return
-        self.__exit__()
+        self._restore()
         os.kill(os.getpid(), signum)
 
     def __enter__(self):
@@ -126,6 +126,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        self._restore()
+
+    def _restore(self):
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}

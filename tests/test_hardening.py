@@ -572,7 +572,7 @@ def test_a_stop_signal_twice_is_one_stop_and_a_later_one_stops_at_once():
     second copy, close after the first, must not kill the run before it saves; a signal sent well
     after the first still acts as usual (the default action: death by SIGTERM)."""
     code = (
-        "import os, signal, sys, time\n"
+        "import os, signal, time\n"
         "from msf_train.util import StopSignals\n"
         "StopSignals.DUPLICATE_S = 0.5\n"
         "with StopSignals() as stop:\n"
