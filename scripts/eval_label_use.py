@@ -7,7 +7,7 @@ shape, palette or texture, the other two kept) and with the null label, at fixed
 A model that ignores the shape has a gap of 0; the gap grows as the stage learns to draw the shape
 it is asked for. Training loss alone cannot show this: on the shapes data the shape is worth a few
 thousandths of a loss of ~0.2 (the palette about 100x more), so its progress is invisible in the log.
-Used to choose the CPU recipe of the demo (docs/RESULTS.md, "Choosing the recipe"):
+Used to choose the CPU recipe of the demo (docs/RUNS.md, "Choosing the recipe"):
 
     msf-train cache --vae W/vae --data shapes --out W/cache-heldout --scales 12,16 --classes 1000 --per-class 1 --seed 7
     python scripts/eval_label_use.py --stage runtime/weights/demo/scale0 --heldout W/cache-heldout

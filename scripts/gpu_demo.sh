@@ -11,7 +11,7 @@
 #   VAE_DIR=weights/next/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (tracked: it travels), then cache and denoisers
 #   INIT_BODY=runtime/weights/demo ...   # each stage starts from that stage's transformer (--init-body; MSF and DiT alike)
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
-# fast the denoisers learn to use the shape of the label (docs/RESULTS.md, "Choosing the recipe").
+# fast the denoisers learn to use the shape of the label (docs/RUNS.md, "Choosing the recipe").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
