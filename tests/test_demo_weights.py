@@ -9,8 +9,8 @@ MSF, DIT = ROOT / "runtime" / "weights" / "demo-msf", ROOT / "runtime" / "weight
 CLASSIFIER = ROOT / "msf_eval" / "weights" / "shapes-classifier"
 # Of 20 classes asked for, how many palettes, shapes and textures the shipped MSF demo must draw: 20, 10
 # and 12 on the development CPU (run-11 denoisers on the 16-channel VAE, shipped 2026-11-29; the run-8
-# weights on the 4-channel VAE drew 20, 14 and about 3). docs/RESULTS.md has the 1000-class figures;
-# the margin is for other CPUs' float rounding.
+# weights on the 4-channel VAE drew 20 palettes and 14 shapes). docs/RESULTS.md has the 1000-class
+# figures; the margin is for other CPUs' float rounding.
 PALETTE_HITS_MIN = 16  # of 20: the 1000-class figure is 99.6%
 SHAPE_HITS_MIN = 8  # of 20: chance is 2; the run-3 weights drew 1, run 4's 4, run 5's and run 6's 10, run 7's
 # and run 8's 11, run 8's through its fine-tuned decoder 14, run 11's (16-channel VAE) 10
@@ -55,11 +55,12 @@ def test_shipped_classifier_is_an_instrument_to_trust():
 def test_shipped_demo_draws_the_palette_and_some_shapes_and_textures_it_is_asked_for():
     """The demo issue's promise, measured with its instrument: for twenty classes (class 111 k: shape,
     palette and texture k; then shape k with palette k + 3 and texture k + 5), the shapes classifier
-    reads the asked palette and shape in the shipped MSF demo's samples (msf-run's seeds and CFG,
-    50 + 25 steps). docs/RESULTS.md has the 500-class figures; this pins that the shipped weights
-    keep drawing the class's colours and far more shapes and textures than chance (2 of 20 expected; the run-3
-    weights drew 1, run 4's 4, run 5's and run 6's 10, run 7's 11, run 8's 11, and 14 through the decoder
-    fine-tuned after run 8; run 11's on the 16-channel VAE, shipped now, 10 shapes and 12 textures)."""
+    reads the asked palette, shape and texture in the shipped MSF demo's samples (msf-run's seeds and
+    CFG, 50 + 25 steps). docs/RESULTS.md has the 1000-class figures; this pins that the shipped weights
+    keep drawing the class's colours and far more shapes and textures than chance (2 of 20 expected
+    for each; shapes: the run-3 weights drew 1, run 4's 4, run 5's and run 6's 10, run 7's and run 8's
+    11, 14 through the decoder fine-tuned after run 8; run 11's on the 16-channel VAE, shipped now,
+    10 shapes and 12 textures)."""
     from msf_eval.classifier import attributes_of, load_classifier
     from msf_eval.evaluate import to_uint8
     from runtime.pipeline import Pipeline
