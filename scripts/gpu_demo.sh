@@ -8,8 +8,10 @@
 # Outputs (under $OUT): train.log, eval.json, demo.tar.part-* (weights to unpack into the repo).
 #   DRY=1 bash scripts/gpu_demo.sh   # tiny presets on the CPU: proves the script end to end
 #   VAE_CHANNELS=16 bash scripts/gpu_demo.sh   # a 16-channel encoder: textures survive it (docs/RESULTS.md)
-#   VAE_DIR=weights/next/vae16 bash scripts/gpu_demo.sh   # a VAE trained before (tracked: it travels), then cache and denoisers
+#   VAE_DIR=runtime/weights/demo/vae bash scripts/gpu_demo.sh   # a VAE trained before (the shipped one travels), then cache and denoisers
 #   INIT_BODY=runtime/weights/demo ...   # each stage starts from that stage's transformer (--init-body; MSF and DiT alike)
+#   INIT=runtime/weights/demo VAE_DIR=runtime/weights/demo/vae ...   # each stage continues the shipped stage whole
+#     (--init, fresh optimizer: same VAE, so same latent space; INIT_BODY re-learns the layers that touch latents)
 # Step options: lr 1e-3 and logit-normal times, the CPU recipe of run 4: on the CPU they doubled how
 # fast the denoisers learn to use the shape of the label (docs/RUNS.md, "Choosing the recipe").
 set -uo pipefail
@@ -58,7 +60,7 @@ fi
 stage() {  # name preset minutes: --max-minutes ends training and saves; timeout is the safety net
   timeout "$(awk "BEGIN{print int(60 * $3 + 120)}")" $T "$1" --preset "$2" --cache "$W/cache" --vae "$W/vae" --out "$W/$1" --steps 1000000 --batch $BATCH \
     --lr 1e-3 --warmup 200 --time-sampling logit_normal --ema 0.9995 --label-sharing $SHARE --save-every 500 --log-every $LOG_EVERY --device $DEV --resume --max-minutes "$3" \
-    ${INIT_BODY:+--init "$INIT_BODY/$1" --init-body} 2>&1 | grep --line-buffered -v "it/s]" | sed -u "s/^/[$1] /"
+    ${INIT_BODY:+--init "$INIT_BODY/$1" --init-body} ${INIT:+--init "$INIT/$1"} 2>&1 | grep --line-buffered -v "it/s]" | sed -u "s/^/[$1] /"
 }
 stamp "training: chain A (scale0 ${MIN_A} min, scale1 ${MIN_A} min), chain B (dit ${MIN_B} min), chain C (classifier)"
 ( stage scale0 $FAM/scale0 $MIN_A; stage scale1 $FAM/scale1 $MIN_A ) &

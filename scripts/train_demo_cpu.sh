@@ -24,7 +24,7 @@
 # A cool-down (run 5): REINIT=1 PREV=run5a LR_SCHEDULE=cosine STEPS0=.. STEPS1=.. DIT_STEPS=.. decays
 # the learning rate to 0 at those steps (fit them to the minutes: about 1.2 / 1.05 / 0.43 steps per
 # second for scale 0 / scale 1 / DiT on one core with COMPILE=1; the minutes stay as a cap).
-# VAE_DIR=weights/next/vae16 CLF_DIR=msf_eval/weights/shapes-classifier take a VAE and a classifier
+# VAE_DIR=runtime/weights/demo/vae CLF_DIR=msf_eval/weights/shapes-classifier take a VAE and a classifier
 # trained before (copied into WORK) instead of training them: the denoisers then learn its latent
 # channel count (presets name the transformer, the cache fixes C) and start from scratch, or with
 # INIT_BODY=runtime/weights/demo from the shipped stages' transformers (--init-body: blocks, time and
