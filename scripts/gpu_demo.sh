@@ -20,6 +20,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/out}
 W=${WORK:-/tmp/msf-demo}
 PY=${PYTHON:-python3}
+[ -n "${INIT:-}" ] && [ -n "${INIT_BODY:-}" ] && { echo "give INIT (same VAE) or INIT_BODY (new VAE), not both"; exit 1; }
 mkdir -p "$OUT" "$W"
 exec > >(tee -a "$OUT/train.log") 2>&1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
