@@ -4,109 +4,25 @@ saves; a second writer is refused naming the first; full and read-only disks are
 partial outputs removed.
 
 The cases run the real CLIs in-process (click's CliRunner: same code as the console scripts, one
-torch import for all of them); the fault tests that need real processes, signals or file systems
-run subprocesses. `CASES` is what docs/RELIABILITY.md counts.
+torch import for all of them); the faults that need real processes, signals or file systems are in
+test_hardening_faults.py. `CASES` is what docs/RELIABILITY.md counts.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from _msf_tiny import tiny_assets, wait_for_first_log_line
+from _hardening import ROOT, RUN, assert_refused, copy, edit_json, hardening_cascade, invoke, nan_weight, tree
 from export_helpers import exported
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# ---- helpers -----------------------------------------------------------------------------------
-def tree(*paths) -> dict[str, str]:
-    """sha256 of every file under `paths` (a snapshot: 'nothing changed' is snapshot equality)."""
-    out = {}
-    for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.exists() else []
-        for f in files:
-            if f.name != ".msf-lock":
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def cli(name: str):
-    from msf_eval.cli import main as msf_eval
-    from msf_export.cli import main as msf_export
-    from msf_train.cli import main as msf_train
-    from runtime.cli import main as msf_run
-
-    return {"train": msf_train, "run": msf_run, "eval": msf_eval, "export": msf_export}[name]
-
-
-def invoke(name: str, *args, env=None):
-    return CliRunner().invoke(cli(name), [str(a) for a in args], env=env, catch_exceptions=True)
-
-
-def assert_refused(r, *needles: str) -> str:
-    """exit != 0, exactly one stderr line, no traceback, no internal error (every fault is understood)."""
-    err = r.stderr.strip()
-    assert r.exit_code != 0, (r.stdout, err)
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert err.count("\n") == 0 and err.startswith("Error: "), err
-    assert "Traceback" not in err and "unexpected;" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
 def w(tmp_path_factory):
-    """A tiny trained cascade (scale0 + scale1, 3 steps each), its stage folders and the tiny assets."""
-    from msf_train.assemble import assemble_cascade
-    from msf_train.train import TrainOptions, train
-
-    a = tiny_assets(tmp_path_factory)
-    root = tmp_path_factory.mktemp("hardening")
-    quiet = lambda *x, **k: None  # noqa: E731
-    for stage in ("scale0", "scale1"):
-        train(TrainOptions(stage=stage, preset=f"tiny/{stage}", cache=str(a["cache"]), out=str(root / stage),
-                           steps=3, batch=8, save_every=3, log_every=1, device="cpu", progress=False), log=quiet)
-    assemble_cascade(root / "msf", [root / "scale0", root / "scale1"], a["vae"], log=quiet)
-    from msf_eval.classifier import train_classifier
-
-    train_classifier(root / "clf", size=64, steps=1, batch=4, holdout=10, log=quiet)
-    return {**a, "root": root, "msf": root / "msf", "s0": root / "scale0", "s1": root / "scale1", "clf": root / "clf"}
-
-
-def copy(src, dst) -> Path:
-    shutil.copytree(src, dst)
-    return Path(dst)
-
-
-def edit_json(path, fn):
-    d = json.loads(Path(path).read_text())
-    d = fn(d) or d
-    Path(path).write_text(json.dumps(d))
-
-
-def nan_weight(folder):
-    p = Path(folder) / "model.safetensors"
-    sd = load_file(str(p))
-    k = sorted(sd)[0]
-    sd[k].view(-1)[0] = float("nan")
-    save_file(sd, str(p))
-
-
-RUN = ("--class", "1", "--steps", "2,2", "--device", "cpu")
+    return hardening_cascade(tmp_path_factory)
 
 
 # ---- the cases: (kind, id, setup(w, tmp) -> (cli, args, needles, watched paths)) ----------------
@@ -439,150 +355,3 @@ def test_verify_mentions_leftover_staging_and_export_cleans_it(w, tmp_path, tmp_
     (a / ".msf-staging-dead").mkdir()
     r = invoke("export", "verify", a)
     assert r.exit_code == 0 and "staging" in r.stderr
-
-
-# ---- real processes: signals, concurrent writers, file systems ----------------------------------
-def _env(**extra):
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
-def _train_cmd(w, out, steps, *extra):
-    return [sys.executable, "-m", "msf_train.cli", "scale0", "--preset", "tiny/scale0", "--cache", str(w["cache"]),
-            "--out", str(out), "--steps", str(steps), "--batch", "4", "--save-every", "100000", "--log-every", "1",
-            "--device", "cpu", *extra]
-
-
-def test_sigint_saves_and_second_writer_is_refused(w, tmp_path):
-    """Ctrl-C during training saves a checkpoint and exits 130; meanwhile a second training on the
-    same --out is refused naming the first one's PID; assemble refuses the unfinished stage; --resume
-    finishes it."""
-    out = tmp_path / "s0"
-    # its own process group, as a shell job: Ctrl-C reaches the group (the supervisor and the worker)
-    p = subprocess.Popen(_train_cmd(w, out, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=_env(), start_new_session=True)
-    try:
-        wait_for_first_log_line(out)
-        second = subprocess.run(_train_cmd(w, out, 10, "--resume"), capture_output=True, text=True, env=_env(),
-                                timeout=300)
-        holder = re.search(r"PID (\d+)", second.stderr)
-        assert second.returncode != 0 and holder and second.stderr.count("\n") == 1, second.stderr
-        os.kill(int(holder.group(1)), 0)  # the named process is the running training (alive)
-        os.killpg(p.pid, signal.SIGINT)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("Error: interrupted by SIGINT") and "Traceback" not in err, err
-    step = json.loads((out / "state" / "latest.json").read_text())["step"]
-    assert step >= 1 and json.loads((out / "config.json").read_text())["step"] == step
-    r = invoke("train", "assemble", "--out", tmp_path / "c", "--vae", w["vae"], out, w["s1"])
-    assert_refused(r, "stopped at step", "--allow-unfinished")
-    assert not (tmp_path / "c").exists()
-    r = subprocess.run(_train_cmd(w, out, step + 2, "--resume"), capture_output=True, text=True, env=_env(),
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert json.loads((out / "state" / "latest.json").read_text())["step"] == step + 2
-
-
-def _mount_tmpfs(path: Path, *opts: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(opts), "tmpfs", str(path)], capture_output=True)
-    return r.returncode == 0
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 256 KiB tmpfs (disk full) and a read-only tmpfs; skipped where mounting is not allowed."""
-    full, ro = tmp_path / "full", tmp_path / "ro"
-    if not _mount_tmpfs(full, "size=256k"):
-        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
-    _mount_tmpfs(ro, "size=64k", "ro")
-    yield full, ro
-    for p in (full, ro):
-        subprocess.run(["umount", str(p)], capture_output=True)
-
-
-def _one_line(r, *needles):
-    """exit != 0 and one error line, the last on stderr (a progress bar may precede it), no traceback."""
-    lines = r.stderr.strip().splitlines()
-    err = lines[-1] if lines else ""
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "unexpected;" not in err, r.stderr
-    assert err.startswith("Error: ") and sum(l.startswith("Error:") for l in lines) == 1, r.stderr
-    for n in needles:
-        assert n in err, err
-
-
-def test_disk_full_and_read_only_are_one_line_and_leave_nothing(w, small_fs):
-    full, ro = small_fs
-    py = [sys.executable, "-m"]
-    # assemble copies ~1.5 MB into 256 KiB: ENOSPC mid-way; the half-written cascade is removed
-    r = subprocess.run(py + ["msf_train.cli", "assemble", "--out", str(full / "c"), "--vae", str(w["vae"]),
-                             str(w["s0"]), str(w["s1"])], capture_output=True, text=True, env=_env(), timeout=300)
-    _one_line(r, "no space left")
-    assert not (full / "c").exists()
-    r = subprocess.run(py + ["msf_export.cli", "--engine", "onnx", "--model", str(w["msf"]), "--out",
-                             str(full / "x"), "--quiet"], capture_output=True, text=True, env=_env(), timeout=600)
-    _one_line(r, "no space left")
-    assert not (full / "x").exists()
-    # training checkpoints onto a full disk
-    r = subprocess.run(_train_cmd(w, full / "t", 2), capture_output=True, text=True, env=_env(), timeout=300)
-    _one_line(r, "no space left")
-    # read-only file system: run, train, export
-    r = subprocess.run(py + ["runtime.cli", "--model", str(w["msf"]), "--out", str(ro / "x.png"), *RUN],
-                       capture_output=True, text=True, env=_env(), timeout=300)
-    _one_line(r, "Read-only")
-    r = subprocess.run(_train_cmd(w, ro / "t", 2), capture_output=True, text=True, env=_env(), timeout=300)
-    _one_line(r, "read-only")
-    r = subprocess.run(py + ["msf_export.cli", "--engine", "onnx", "--model", str(w["msf"]), "--out",
-                             str(ro / "x"), "--quiet"], capture_output=True, text=True, env=_env(), timeout=300)
-    _one_line(r, "read-only")
-
-
-def test_permission_denied_is_one_line(tmp_path):
-    """A folder the user may not write: msf-run and msf-eval classifier say so in one line."""
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="msf-eacces-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o555)
-        prefix = []
-        if os.geteuid() == 0:  # root ignores permissions: run the CLIs as nobody
-            if not shutil.which("setpriv"):
-                pytest.skip("running as root without setpriv")
-            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        env = _env(HOME="/tmp")
-        r = subprocess.run(prefix + [sys.executable, "-m", "runtime.cli", "--out", str(base / "x.png"), "--steps",
-                                     "1,1", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
-        if "Error:" not in r.stderr:
-            pytest.skip(f"this interpreter cannot run as nobody here: {r.stderr[-200:]}")
-        _one_line(r, "Permission denied")
-        r = subprocess.run(prefix + [sys.executable, "-m", "msf_eval.cli", "classifier", "--out", str(base / "c"),
-                                     "--steps", "1"], capture_output=True, text=True, env=env, timeout=300)
-        _one_line(r, "ermission denied")
-        assert list(base.iterdir()) == []
-    finally:
-        os.chmod(base, 0o755)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def test_a_stop_signal_twice_is_one_stop_and_a_later_one_stops_at_once():
-    """A process-group SIGTERM reaches the trainer directly and again through its supervisor: the
-    second copy, close after the first, must not kill the run before it saves; a signal sent well
-    after the first still acts as usual (the default action: death by SIGTERM)."""
-    code = (
-        "import os, signal, time\n"
-        "from msf_train.util import StopSignals\n"
-        "StopSignals.DUPLICATE_S = 0.5\n"
-        "with StopSignals() as stop:\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)\n"
-        "    print('alive', stop.signum, flush=True)\n"
-        "    time.sleep(0.6)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(1)\n"
-        "    print('not stopped', flush=True)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.split() == ["alive", str(int(signal.SIGTERM))], r.stdout + r.stderr
-    assert r.returncode == -signal.SIGTERM, r.stdout + r.stderr

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _hardening import cli
 from msf_train import schema
 from msf_train.config import get_preset
 from msf_train.errors import MsfError
@@ -158,18 +159,13 @@ def command_line(draw):
 
 
 def _run_contract(which, args, tmp_path):
-    from msf_eval.cli import main as msf_eval
-    from msf_export.cli import main as msf_export
-    from msf_train.cli import main as msf_train
-    from runtime.cli import main as msf_run
-
     missing = str(tmp_path / "missing")
-    base = {"train": (msf_train, ["scale0", "--cache", missing, "--out", str(tmp_path / "o")]),
-            "run": (msf_run, ["--model", missing, "--out", str(tmp_path / "x.png")]),
-            "eval": (msf_eval, ["run", "--model", missing]),
-            "export": (msf_export, ["--model", missing, "--out", str(tmp_path / "e")])}[which]
+    base = {"train": ["scale0", "--cache", missing, "--out", str(tmp_path / "o")],
+            "run": ["--model", missing, "--out", str(tmp_path / "x.png")],
+            "eval": ["run", "--model", missing],
+            "export": ["--model", missing, "--out", str(tmp_path / "e")]}[which]
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = CliRunner().invoke(base[0], base[1] + args, catch_exceptions=True)
+    r = CliRunner().invoke(cli(which), base + args, catch_exceptions=True)
     assert r.exception is None or isinstance(r.exception, SystemExit), (args, repr(r.exception))
     assert r.exit_code != 0, (args, r.stdout)
     err = r.stderr.strip()
