@@ -1,5 +1,6 @@
 """Shared pieces of the hardening tests (docs/RELIABILITY.md): the in-process CLI runner, the
-one-line refusal check, file snapshots, and one tiny trained cascade built once per test session.
+one-line refusal check, file snapshots, the msf-run arguments of the cases and one tiny trained cascade
+built once per test session.
 
 `test_hardening.py` runs the bad-input cases in-process; `test_hardening_faults.py` the faults that
 need real processes, signals or file systems. Both take the cascade from `hardening_cascade`.
@@ -7,12 +8,9 @@ need real processes, signals or file systems. Both take the cascade from `harden
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
 
 from _msf_tiny import tiny_assets
 
@@ -77,25 +75,6 @@ def hardening_cascade(tmp_path_factory) -> dict:
     _CASCADE.update({**a, "root": root, "msf": root / "msf", "s0": root / "scale0", "s1": root / "scale1",
                      "clf": root / "clf"})
     return dict(_CASCADE)
-
-
-def copy(src, dst) -> Path:
-    shutil.copytree(src, dst)
-    return Path(dst)
-
-
-def edit_json(path, fn):
-    d = json.loads(Path(path).read_text())
-    d = fn(d) or d
-    Path(path).write_text(json.dumps(d))
-
-
-def nan_weight(folder):
-    p = Path(folder) / "model.safetensors"
-    sd = load_file(str(p))
-    k = sorted(sd)[0]
-    sd[k].view(-1)[0] = float("nan")
-    save_file(sd, str(p))
 
 
 RUN = ("--class", "1", "--steps", "2,2", "--device", "cpu")

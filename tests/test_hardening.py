@@ -9,20 +9,41 @@ test_hardening_faults.py. `CASES` is what docs/RELIABILITY.md counts.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from _hardening import ROOT, RUN, assert_refused, copy, edit_json, hardening_cascade, invoke, nan_weight, tree
+from _hardening import ROOT, RUN, assert_refused, hardening_cascade, invoke, tree
 from export_helpers import exported
 
 
 @pytest.fixture(scope="module")
 def w(tmp_path_factory):
     return hardening_cascade(tmp_path_factory)
+
+
+def copy(src, dst) -> Path:
+    shutil.copytree(src, dst)
+    return Path(dst)
+
+
+def edit_json(path, fn):
+    d = json.loads(Path(path).read_text())
+    d = fn(d) or d
+    Path(path).write_text(json.dumps(d))
+
+
+def nan_weight(folder):
+    p = Path(folder) / "model.safetensors"
+    sd = load_file(str(p))
+    k = sorted(sd)[0]
+    sd[k].view(-1)[0] = float("nan")
+    save_file(sd, str(p))
 
 
 # ---- the cases: (kind, id, setup(w, tmp) -> (cli, args, needles, watched paths)) ----------------
