@@ -9,9 +9,9 @@ MSF, DIT = ROOT / "runtime" / "weights" / "demo-msf", ROOT / "runtime" / "weight
 CLASSIFIER = ROOT / "msf_eval" / "weights" / "shapes-classifier"
 # Of 20 classes asked for, how many palettes, shapes and textures the shipped MSF demo must draw. The
 # shipped weights draw 20, 16 and 12 on the development CPU (run 17's denoisers decoded by the 16-channel
-# VAE's second decoder fine-tune, 2026-12-07; runs 16 and 15 through it drew 20 / 15 / 13 and 20 / 14 / 13; earlier counts are in
-# docs/RESULTS.md, "Reading", and this file's history). Each floor is
-# about 80% of that: 20 images move a count by +-2 from run to run, and the margin covers other CPUs'
+# VAE's second decoder fine-tune, 2026-12-07; runs 16 and 15 through it drew 20 / 15 / 13 and 20 / 14 /
+# 13; earlier counts are in docs/RESULTS.md, "Reading", and this file's history). Each floor is about
+# 80% of that: 20 images move a count by +-2 from run to run, and the margin covers other CPUs'
 # float rounding.
 # Chance is 2 of 20 for shape and texture.
 PALETTE_HITS_MIN = 16  # of 20; the 1000-class figure is 99.8%
