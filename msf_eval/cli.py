@@ -64,8 +64,9 @@ def main():
                    "10 x palette + 100 x texture, so a step coprime with 10 (the default 11: 91 classes; 7; 3) "
                    "asks every shape, palette and texture; a step of 10 would ask only circles.")
 @click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 100000), help="Samples per class.")
-@click.option("--steps", default=None, help="Steps per stage, e.g. 100,50 (default: the paper recipe).")
-@click.option("--cfg", "cfg_scales", default=None, help="CFG per stage, e.g. 1.4,1.0.")
+@click.option("--steps", default=None, help="Steps per stage, e.g. 100,50 (default: the model folder's own plan, "
+              "cascade.json \"sampling\", else the paper recipe: msf-run's defaults).")
+@click.option("--cfg", "cfg_scales", default=None, help="CFG per stage, e.g. 1.4,1.0 (default: as --steps).")
 @click.option("--solver", default="euler", type=click.Choice(["euler", "heun"]), show_default=True)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 2 ** 32))
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 4096), help="Images per sampling call.")
@@ -89,7 +90,7 @@ def run(model_dir, classes, per_class, steps, cfg_scales, solver, seed, batch, b
     check_writable(npz, "--npz")
     from msf_eval.evaluate import evaluate
     from msf_train.checkpoint import atomic_write_json
-    from runtime.cli import parse_list
+    from msf_train.cliutil import parse_list
     from runtime.engines import resolve_device
 
     device = str(resolve_device(device))  # the classifier and the cascade run on the same device

@@ -48,12 +48,12 @@ def sample_images(model_dir, class_ids, per_class: int, *, steps=None, cfg=None,
     """Sample ``per_class`` images of each class -> dict(images uint8 NCHW, labels, plan, seconds)."""
     from tqdm import tqdm
 
-    from runtime.engines import load_cascade
+    from runtime.engines import load_cascade, sampling_defaults
     from runtime.sampler import check_classes, make_plan, sample
 
     stages, decoder = load_cascade(model_dir, backend, device)
     cfgs = [c for c, _ in stages]
-    plan = make_plan(cfgs, steps, cfg, solver, shift)
+    plan = make_plan(cfgs, steps, cfg, solver, shift, sampling_defaults(model_dir))
     check_classes(cfgs, list(class_ids))  # before any sampling: a bad id fails in one line
     labels = torch.tensor([c for c in class_ids for _ in range(per_class)])
     out, seconds = [], 0.0

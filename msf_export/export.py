@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from msf_train.checkpoint import WEIGHTS_FILE, load_stage, load_stage_config, read_cascade, sha256_file
+from msf_train.checkpoint import (WEIGHTS_FILE, cascade_sampling, load_stage, load_stage_config, read_cascade,
+                                  sha256_file)
 from msf_train import outdir
 from msf_train.errors import MsfError
 from msf_export import manifest as mf
@@ -108,7 +109,7 @@ def describe_sources(model_dir) -> dict:
 
     vae = {"folder": str(vae_dir.resolve()), "class": vae_class_name(vae_dir),
            "sha256": mf.fingerprint(vae_files), "files": vae_files}
-    return {"stages": stages, "vae": vae}
+    return {"stages": stages, "vae": vae, "sampling": cascade_sampling(model_dir)}  # the plan travels with the model
 
 
 def artifact_name(folder_name: str, index: int) -> str:
@@ -224,7 +225,8 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
         target = target_info() if opts.engine == "trt" else {"gpu": torch.cuda.get_device_name()}
     fp = mf.fingerprint({"format": mf.FORMAT, "options": opts.describe(), "tools": tools, "target": target,
                          "stages": [{k: s[k] for k in ("name", "config", "sha256")} for s in sources["stages"]],
-                         "vae": sources["vae"]["sha256"]})
+                         "vae": sources["vae"]["sha256"],
+                         **({"sampling": sources["sampling"]} if sources["sampling"] else {})})
     old, up_to_date = check_out_dir(out, sources, fp, force)
     if up_to_date:
         return ExportResult("up-to-date", out, old, time.perf_counter() - start)
@@ -297,6 +299,7 @@ def _export_locked(model_dir, out: Path, opts: ExportOptions, sources, tools, ta
             "external_data": opts.external_data, "fingerprint": fp,
             "stages": entries[:-1], "decoder": entries[-1], "tools": tools, "target": target,
             "command": command or [], "created": mf.now_iso(),
+            **({"sampling": sources["sampling"]} if sources["sampling"] else {}),
         }
         _install(staging, out, old, manifest)
     finally:

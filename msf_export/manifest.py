@@ -15,7 +15,8 @@ here. Layout (format 1):
      "decoder": {same keys, "kind": "decoder", "vae": {"class": ..., "config": {...}}},
      "tools": {"msf", "torch", "onnx", "onnxruntime", "tensorrt", "python"},
      "target": {TensorRT version, GPU name, ... (trt plans only)},
-     "command": [argv], "created": ISO time}
+     "command": [argv], "created": ISO time,
+     "sampling": {"steps": [...], "cfg": [...]} (optional: the cascade.json plan, msf_train.schema.sampling)}
 
 The manifest is written last and atomically, so a folder with a manifest has complete artifacts.
 """

@@ -18,12 +18,15 @@ from msf_train.vae import same_vae, vae_identity, weights_file
 
 
 def assemble_cascade(out, stages: list, vae, *, force: bool = False, allow_unfinished: bool = False,
-                     log=print) -> Path:
+                     log=print, sampling: dict | None = None) -> Path:
     """Copy stage folders (weights + config only, no training state) and a VAE folder into a cascade
     folder that msf-run and msf-export read. The stages must form one cascade in scale order, each
     stage must have been trained on latents of this VAE (its config records the VAE identity) and
-    have finished its planned steps (or stopped by its --max-minutes budget, which is said)."""
+    have finished its planned steps (or stopped by its --max-minutes budget, which is said).
+    ``sampling`` ({"steps", "cfg"}) is the cascade's own plan, written to cascade.json."""
     out = Path(out)
+    if sampling:  # checked before the output folder is touched
+        schema.sampling(sampling, out / CASCADE_FILE, len(stages), "give --steps / --cfg one value per stage")
     metas, key = prepare(out, stages, vae)
     for s, (_, meta) in zip(stages, metas):
         _check_finished(Path(s), meta, allow_unfinished, log)
@@ -34,7 +37,7 @@ def assemble_cascade(out, stages: list, vae, *, force: bool = False, allow_unfin
             copy_files(Path(s), out / name, [WEIGHTS_FILE, CONFIG_FILE])
             names.append(name)
         copy_vae(vae, out / "vae")
-        return write_cascade(out, names, "vae")
+        return write_cascade(out, names, "vae", sampling)
 
 
 def prepare(out: Path, stages: list, vae) -> tuple[list[tuple[ModelConfig, dict]], dict]:

@@ -161,10 +161,21 @@ def load_stage(folder, device="cpu"):
 
 
 # ---- cascade folders ---------------------------------------------------------------------------
-def write_cascade(folder, stages: list[str], vae: str) -> Path:
+def write_cascade(folder, stages: list[str], vae: str, sampling: dict | None = None) -> Path:
+    """cascade.json; ``sampling`` ({"steps", "cfg"}, one value per stage) is the folder's own plan,
+    used when a sampler is not told one (`schema.sampling`)."""
     folder = Path(folder)
-    atomic_write_json(folder / CASCADE_FILE, {"format": FORMAT, "stages": list(stages), "vae": vae})
+    meta = {"format": FORMAT, "stages": list(stages), "vae": vae}
+    if sampling:
+        meta["sampling"] = schema.sampling(sampling, folder / CASCADE_FILE, len(stages), "pass one value per stage")
+    atomic_write_json(folder / CASCADE_FILE, meta)
     return folder
+
+
+def cascade_sampling(folder) -> dict:
+    """cascade.json's own sampling plan, checked: {"steps": [...], "cfg": [...]}, either absent ({} = none)."""
+    path = Path(folder) / CASCADE_FILE
+    return schema.cascade(read_json(path, "cascade description"), path).get("sampling", {})
 
 
 def read_cascade(folder, check_vae: bool = True) -> tuple[list[Path], Path]:

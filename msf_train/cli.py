@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfGroup, version_option
+from msf_train.cliutil import MsfGroup, parse_list, version_option
+from msf_train.errors import MsfError
 
 # Option types with ranges: a bad value is one line at parse time, before torch loads.
 POS_INT = click.IntRange(min=1)
@@ -246,14 +247,24 @@ _train_command("dit", """Train a one-scale DiT baseline on the full latent (no p
               help="msf: a cascade folder for msf-run/msf-export; diffusers: each stage as a DiTTransformer2DModel "
                    "folder (OUT/scale<i>) and the VAE in OUT/vae (msf-train import-dit reads them back)")
 @click.option("--allow-unfinished", is_flag=True, help="assemble stages whose training stopped before its --steps")
+@click.option("--steps", "plan_steps", default=None,
+              help="the cascade's own sampling steps, one per stage (e.g. 50,15), written to cascade.json: "
+                   "msf-run, msf-eval and msf-export use them when not given --steps [default: none, the paper's 100,50]")
+@click.option("--cfg", "plan_cfg", default=None,
+              help="the cascade's own CFG scales, one per stage (e.g. 3,2), as --steps [default: none, the paper's 1.4,1]")
 @FORCE
 @click.argument("stages", nargs=-1, required=True)
-def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
+def assemble(out, vae_dir, stages, fmt, allow_unfinished, plan_steps, plan_cfg, force):
     """Make a cascade folder (msf-run --model OUT) from stage folders in scale order and a VAE.
 
     Only weights and configs are copied; each stage must record this VAE as its latents' source.
+    --steps/--cfg record the plan the cascade was tuned at (docs/RESULTS.md, "Sweeps", measures one).
     """
+    sampling = {k: v for k, v in (("steps", parse_list(plan_steps, int, "--steps")),
+                                  ("cfg", parse_list(plan_cfg, float, "--cfg"))) if v is not None}
     if fmt == "diffusers":
+        if sampling:
+            raise MsfError("--steps/--cfg go into cascade.json, which --format diffusers does not write: drop them")
         from msf_train.interop import write_diffusers_cascade
 
         written = write_diffusers_cascade(out, list(stages), vae_dir, force=force)
@@ -263,7 +274,7 @@ def assemble(out, vae_dir, stages, fmt, allow_unfinished, force):
     from msf_train.assemble import assemble_cascade
 
     assemble_cascade(out, list(stages), vae_dir, force=force, allow_unfinished=allow_unfinished,
-                     log=lambda m: click.echo(m, err=True))
+                     log=lambda m: click.echo(m, err=True), sampling=sampling)
     click.echo(f"cascade {out}: {', '.join(stages)} + {vae_dir}")
 
 

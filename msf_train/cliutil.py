@@ -271,6 +271,20 @@ def version_option(prog: str):
                         help="Show the version and exit.")
 
 
+def parse_list(text: str | None, kind, option: str) -> list | None:
+    """'100,50' -> [100, 50]; None stays None (use the defaults)."""
+    if text is None:
+        return None
+    items = [s.strip() for s in str(text).split(",")]
+    try:
+        if any(not s for s in items):
+            raise ValueError
+        return [kind(s) for s in items]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise MsfError(f"{option} takes comma-separated {what}, got {text!r}") from None
+
+
 def _probe_folder(folder, what: str, path) -> None:
     """Create `folder` if needed and a probe file in it; one line naming `what` if either fails."""
     import tempfile

@@ -197,7 +197,33 @@ def cascade(obj, path) -> dict:
         f.fail("vae", f"must name the VAE folder, got {vae!r}")
     if vae in stages:
         f.fail("vae", f"names {vae!r}, which is also a stage")
-    return {**obj, "format": fmt, "stages": list(stages), "vae": vae}
+    out = {**obj, "format": fmt, "stages": list(stages), "vae": vae}
+    if "sampling" in obj:
+        out["sampling"] = sampling(obj["sampling"], path, len(stages), "fix the entry or delete it (then msf-run "
+                                   "uses the paper's plan), or re-create it with msf-train assemble --steps/--cfg")
+    return out
+
+
+def sampling(obj, path, num_stages: int, fix: str) -> dict:
+    """A model folder's own sampling plan, the "sampling" entry of cascade.json (and of an export's
+    manifest.json, copied from it): {"steps": [one whole number >= 1 per stage], "cfg": [one
+    number >= 0 per stage]}, either may be absent. msf-run, msf-eval and the Python API sample with
+    it when not told otherwise (runtime.sampler.make_plan): the steps and guidance the model was
+    tuned at, in place of the paper's 100 + 50 steps and CFG 1.4."""
+    f = Fields(obj, path, fix, "sampling.")
+    plan = {}
+    if "steps" in obj:
+        plan["steps"] = f.int_list("steps", lo=1)
+    if "cfg" in obj:
+        cfg = f.get("cfg", list)
+        for w in cfg:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                f.fail("cfg", f"must hold finite numbers >= 0 (1 = no guidance), found {w!r}")
+        plan["cfg"] = [float(w) for w in cfg]
+    for key, vals in plan.items():
+        if len(vals) != num_stages:
+            f.fail(key, f"has {len(vals)} value(s) but there are {num_stages} stage(s)")
+    return plan
 
 
 def stage_config(obj, path):
@@ -277,6 +303,8 @@ def manifest(obj, path) -> dict:
     for i, e in enumerate(stages):
         _entry(e, path, f"stages[{i}].", fix, denoiser=True)
     _entry(f.get("decoder", dict), path, "decoder.", fix, denoiser=False)
+    if "sampling" in obj:
+        sampling(obj["sampling"], path, len(stages), fix)
     return obj
 
 

@@ -14,27 +14,13 @@ from pathlib import Path
 
 import click
 
-from msf_train.cliutil import MsfCommand, check_writable, check_writable_dir, version_option
+from msf_train.cliutil import MsfCommand, check_writable, check_writable_dir, parse_list, version_option
 from msf_train.errors import MsfError
 
 DEMO_MODEL = Path(__file__).resolve().parent / "weights" / "demo-msf"
 
 
 # ---- parsing (no torch) ------------------------------------------------------------------------
-def parse_list(text: str | None, kind, option: str) -> list | None:
-    """'100,50' -> [100, 50]; None stays None (use the defaults)."""
-    if text is None:
-        return None
-    items = [s.strip() for s in str(text).split(",")]
-    try:
-        if any(not s for s in items):
-            raise ValueError
-        return [kind(s) for s in items]
-    except ValueError:
-        what = "whole numbers" if kind is int else "numbers"
-        raise MsfError(f"{option} takes comma-separated {what}, got {text!r}") from None
-
-
 def check_output(out: Path) -> None:
     """Fail before sampling if ``out`` cannot be written (the PNG itself is written atomically)."""
     if out.suffix.lower() != ".png":
@@ -111,10 +97,12 @@ def peak_memory_line(dev) -> str:
               help="Image j of the output uses seed+j, so an image depends only on its seed and class.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Images PER CLASS: --class 1,2 --batch 4 makes 8 images (a 2x4 grid, one row per class).")
-@click.option("--steps", default=None, help="Steps per stage, comma separated, e.g. 100,50 "
-              "[default: 100,50 for two stages (the paper), 100 for one; 50 for each further stage].")
+@click.option("--steps", default=None, help="Steps per stage, comma separated, e.g. 100,50 [default: the model "
+              "folder's own plan (cascade.json \"sampling\"; the embedded demo's is 50,15), else 100,50 for two "
+              "stages (the paper), 100 for one; 50 for each further stage].")
 @click.option("--cfg", "cfg_scales", default=None, help="CFG scale per stage (Eq. 7; 1 = off, one forward per step), "
-              "e.g. 1.4,1.0 [default: 1.4 then 1.0 per residual stage (the paper); 1.5 for a one-stage DiT].")
+              "e.g. 1.4,1.0 [default: the model folder's own (the embedded demo's is 3,2), else 1.4 then 1.0 per "
+              "residual stage (the paper); 1.5 for a one-stage DiT].")
 @click.option("--solver", type=click.Choice(["euler", "heun"]), default="euler", show_default=True,
               help="ODE solver: Euler (one forward per step, the paper's) or Heun (two, second order).")
 @click.option("--shift", default=1.0, show_default=True, type=float,
@@ -188,7 +176,7 @@ def main(class_ids, seed, batch, steps, cfg_scales, solver, shift, model_dir, ba
     backend = engines.resolve_backend(model_dir, backend)
     if backend == "torch":  # check the plan against the configs before loading weights
         cfgs = engines.cascade_configs(model_dir)
-        sampler.make_plan(cfgs, steps, cfg_list, solver, shift)
+        sampler.make_plan(cfgs, steps, cfg_list, solver, shift, engines.sampling_defaults(model_dir))
         sampler.check_classes(cfgs, classes)
     pipe = Pipeline.load(model_dir, backend, dev, dtype, compile_mode or compile_)
     plan = pipe.plan(steps, cfg_list, solver, shift)

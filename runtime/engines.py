@@ -243,6 +243,24 @@ def import_backend(backend: str):
         raise MsfError(f"cannot load the {backend} backend ({str(e).splitlines()[0]}): {hint}") from None
 
 
+def sampling_defaults(model_dir) -> dict:
+    """The model folder's own sampling plan, {"steps": [...], "cfg": [...]} (either may be absent; {}
+    = none, the paper's plan): cascade.json's "sampling" entry, or for an exported artifact folder
+    the manifest's copy of it (`msf_train.schema.sampling`)."""
+    from msf_train import schema
+    from msf_train.checkpoint import CASCADE_FILE, cascade_sampling
+
+    model_dir = Path(model_dir)
+    if (model_dir / CASCADE_FILE).is_file():
+        return cascade_sampling(model_dir)
+    manifest = read_manifest(model_dir)
+    if manifest is None or "sampling" not in manifest:
+        return {}
+    stages = manifest.get("stages")
+    return schema.sampling(manifest["sampling"], model_dir / MANIFEST_FILE, len(stages) if isinstance(stages, list) else 0,
+                           "re-export with msf-export --force")
+
+
 def cascade_configs(model_dir) -> list[ModelConfig]:
     """The stage configs of a cascade folder, checked (`checkpoint.check_cascade`), without loading
     any weights: lets `msf-run` reject bad class ids or step lists before the slow part."""

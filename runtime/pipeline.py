@@ -84,17 +84,20 @@ def _merge(results: Sequence[SampleResult]) -> tuple[list[StageTiming], float]:
 class Pipeline:
     """Stages and a decoder (`runtime.engines.load_cascade`) plus how to sample them."""
 
-    def __init__(self, stages, decoder: Engine, backend: str = "torch", model_dir: Path | None = None):
+    def __init__(self, stages, decoder: Engine, backend: str = "torch", model_dir: Path | None = None,
+                 sampling: dict | None = None):
         self.stages, self.decoder, self.backend, self.model_dir = list(stages), decoder, backend, model_dir
         self.cfgs = [c for c, _ in self.stages]
         self.device = self.stages[0][1].device
+        self.sampling = dict(sampling or {})  # the folder's own plan: what plan() falls back to
 
     @classmethod
     def load(cls, model_dir, backend: str | None = None, device="auto", dtype="fp32", compile: bool = False):
         model_dir = Path(model_dir)
         backend = engines.resolve_backend(model_dir, backend)
+        sampling = engines.sampling_defaults(model_dir)  # a bad entry fails before the weights load
         stages, decoder = engines.load_cascade(model_dir, backend, engines.resolve_device(device), dtype, compile)
-        return cls(stages, decoder, backend, model_dir)
+        return cls(stages, decoder, backend, model_dir, sampling)
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +105,7 @@ class Pipeline:
 
     def plan(self, steps=None, cfg=None, solver: str = "euler", shift: float = 1.0) -> Plan:
         return sampler.make_plan(self.cfgs, None if steps is None else list(steps), None if cfg is None else list(cfg),
-                                 solver, shift)
+                                 solver, shift, self.sampling)
 
     def chunk_size(self, plan: Plan) -> int | None:
         """Most images per sampling call: the artifacts' max batch (halved under CFG), None = no limit."""

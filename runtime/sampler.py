@@ -23,7 +23,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -64,11 +64,16 @@ class Plan:
 
 
 def make_plan(cfgs: Sequence[ModelConfig], steps: Sequence[int] | None = None, cfg: Sequence[float] | None = None,
-              solver: str = "euler", shift: float = 1.0) -> Plan:
-    """Check a sampling plan against the cascade (None -> the defaults above); MsfError if it is wrong."""
+              solver: str = "euler", shift: float = 1.0, defaults: Mapping[str, Sequence] | None = None) -> Plan:
+    """Check a sampling plan against the cascade; MsfError if it is wrong. None -> the model folder's
+    own plan (``defaults``: cascade.json's "sampling" entry, `engines.sampling_defaults`), else the
+    paper's (above). Steps and CFG default one by one: --steps alone keeps the folder's guidance."""
     n = len(cfgs)
-    steps = list(default_steps(n) if steps is None else steps)
-    cfg = list(default_cfg(n) if cfg is None else cfg)
+    defaults = defaults or {}
+    fallback_steps = list(defaults.get("steps") or default_steps(n))
+    fallback_cfg = list(defaults.get("cfg") or default_cfg(n))
+    steps = list(fallback_steps if steps is None else steps)
+    cfg = list(fallback_cfg if cfg is None else cfg)
     names = ", ".join(c.name for c in cfgs)
     if len(steps) != n:
         raise MsfError(f"--steps has {len(steps)} value(s) but the cascade has {n} stage(s) ({names}): give one per stage, e.g. --steps {','.join(map(str, default_steps(n)))}")

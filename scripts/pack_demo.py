@@ -6,8 +6,8 @@ WORK holds what scripts/gpu_demo.sh (or train_demo.sh) trained: msf/ and dit-cas
 cascade folders), scale0/, scale1/, dit/ (stage folders with log.jsonl), classifier/. PACK gets
     demo/{vae,scale0,scale1,dit}/   weights + configs; denoiser weights stored in fp16 (they load into
                                     fp32 models; halves the repository's size, changes no sample visibly)
-    demo-msf/cascade.json           MSF: ../demo/scale0 + ../demo/scale1 + ../demo/vae
-    demo-dit/cascade.json           the DiT baseline: ../demo/dit + ../demo/vae
+    demo-msf/cascade.json           MSF: ../demo/scale0 + ../demo/scale1 + ../demo/vae, its plan (MSF_PLAN)
+    demo-dit/cascade.json           the DiT baseline: ../demo/dit + ../demo/vae, its plan (DIT_PLAN)
     shapes-classifier/              msf-eval's classifier
     logs/                           training logs (JSONL) and the VAE's training record
 
@@ -25,6 +25,10 @@ from safetensors.torch import load_file
 from msf_train.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_save_safetensors, atomic_write_json, write_cascade
 from msf_train.errors import MsfError
 from msf_train.vae import complete_record, same_vae, vae_identity
+
+
+MSF_PLAN = {"steps": [50, 15], "cfg": [3.0, 2.0]}
+DIT_PLAN = {"steps": [50], "cfg": [3.0]}
 
 
 def copy_stage(src: Path, dst: Path, trained_with: Path | None = None, new_vae: Path | None = None) -> None:
@@ -51,8 +55,11 @@ def main(work: str, pack: str, vae: str | None = None) -> None:
     copy_stage(w / "dit-cascade" / "scale0", p / "demo" / "dit", w / "dit-cascade" / "vae", new_vae)
     shutil.copytree(new_vae or w / "msf" / "vae", p / "demo" / "vae",
                     ignore=shutil.ignore_patterns("*.jsonl", "*.png", "training.json", ".*", "state"))
-    write_cascade(p / "demo-msf", ["../demo/scale0", "../demo/scale1"], "../demo/vae")
-    write_cascade(p / "demo-dit", ["../demo/dit"], "../demo/vae")
+    # Each cascade's own plan, what msf-run samples at by default: the sweeps' best within the
+    # multiply-add goal (docs/RESULTS.md, "Sweeps": MSF 50 + 15 steps, CFG 3 / 2 at 46% of the DiT's
+    # multiply-adds), and the DiT at its own best guidance (CFG 3), so the two compare at their best.
+    write_cascade(p / "demo-msf", ["../demo/scale0", "../demo/scale1"], "../demo/vae", MSF_PLAN)
+    write_cascade(p / "demo-dit", ["../demo/dit"], "../demo/vae", DIT_PLAN)
     if (w / "classifier").is_dir():
         shutil.copytree(w / "classifier", p / "shapes-classifier")
     (p / "logs").mkdir(parents=True, exist_ok=True)

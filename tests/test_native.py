@@ -98,6 +98,20 @@ def test_more_images_than_the_export_takes_run_in_chunks_with_the_same_images(tm
     assert "4 engine calls" in r.stderr  # scale 0: 2 steps x 2 chunks
 
 
+def test_the_models_own_plan_is_the_default_in_both_runners(tmp_path, native, art):
+    """An export of a cascade with a plan (cascade.json "sampling", copied into manifest.json) samples at
+    it when not told --steps/--cfg: the same image in both runners, and the one the flags would give."""
+    planned = _copy(art, tmp_path)
+    _edit_manifest(planned, lambda m: m.update(sampling={"steps": [3, 2], "cfg": [2.0, 1.0]}))
+    got, ref, r = same_png(tmp_path, native, planned, "--class", 6, "--seed", 2)
+    assert np.array_equal(got, ref)
+    assert "3 euler steps, cfg 2" in r.stderr and "2 euler steps, cfg 1" in r.stderr
+    flags = run_native(native, "--model", art, "--class", 6, "--seed", 2, "--steps", "3,2", "--cfg", "2,1",
+                       "--out", tmp_path / "flags.png")
+    assert flags.returncode == 0, flags.stderr
+    assert np.array_equal(png(tmp_path / "flags.png"), got)
+
+
 def test_an_image_depends_only_on_its_seed_and_class(tmp_path, native, art):
     """Image j of a batch uses seed + j (runtime.sampler.make_noise): the third image of a batch at seed 5
     is the single image at seed 7."""
@@ -216,6 +230,10 @@ def _other_torch(m):
     m["tools"]["torch"] = "2.99.0+cpu"
 
 
+def _plan_too_long(m):
+    m["sampling"] = {"steps": [3, 2, 1]}
+
+
 CASES = {
     "missing artifact": (lambda a: (a / "scale1.pt2").unlink(), [], ["scale1.pt2 is missing (listed in"], True),
     "damaged artifact": (lambda a: _flip_byte(a / "decoder.pt2"), [], ["decoder.pt2 does not match its manifest"], True),
@@ -233,6 +251,8 @@ CASES = {
                              "doubles the batch): re-export with --max-batch 16"], True),
     "package of another torch": (lambda a: _edit_manifest(a, _other_torch), [],
                                  ["scale0.pt2 was compiled by torch 2.99.0+cpu, this is torch 2."], False),
+    "plan of three stages": (lambda a: _edit_manifest(a, _plan_too_long), [],
+                             ["field 'sampling.steps' has 3 value(s) but there are 2 stage(s); re-export"], True),
     "class out of range": (None, ["--class", "3,20"],
                            ["class id 20 is out of range: this model has 20 classes (0-19)"], True),
     "steps per stage": (None, ["--steps", 5], ["--steps has 1 value(s) but the cascade has 2 stage(s) "

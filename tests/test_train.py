@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from _msf_tiny import run_cli, tiny_assets
 from msf_train import factorize
 from msf_train.cache import LatentCache
-from msf_train.checkpoint import load_stage, read_cascade
+from msf_train.checkpoint import cascade_sampling, load_stage, read_cascade
 from msf_train.config import get_preset
 from msf_train.errors import MsfError
 from msf_train.model import build_model, sample_inputs
@@ -225,8 +225,12 @@ def test_assemble_msf_and_dit_cascades(assets, tmp_path):
     assert not (msf / "scale0" / "state").exists()  # weights and config only
     cfg, _ = load_stage(stages[1])
     assert cfg.name == "tiny/scale1"
-    dit = assemble_cascade(tmp_path / "ditc", [tmp_path / "dit"], assets["vae"])
+    dit = assemble_cascade(tmp_path / "ditc", [tmp_path / "dit"], assets["vae"], sampling={"steps": [7], "cfg": [2.5]})
     assert len(read_cascade(dit)[0]) == 1
+    assert cascade_sampling(dit) == {"steps": [7], "cfg": [2.5]} and cascade_sampling(msf) == {}
+    with pytest.raises(MsfError, match="'sampling.cfg' has 2 value"):  # one value per stage
+        assemble_cascade(tmp_path / "x", [tmp_path / "dit"], assets["vae"], sampling={"cfg": [2.5, 1.0]})
+    assert not (tmp_path / "x").exists()
     with pytest.raises(MsfError, match="another VAE"):
         assemble_cascade(tmp_path / "x", [tmp_path / "dit"], assets["vae_other"])
     with pytest.raises(MsfError, match="scale order"):

@@ -176,10 +176,12 @@ Options:
   --batch INTEGER RANGE           Images PER CLASS: --class 1,2 --batch 4
                                   makes 8 images (a 2x4 grid).  [default: 1; x>=1]
   --steps TEXT                    Steps per stage, comma separated, e.g. 100,50
-                                  [default: 100,50 for two stages, 100 for one;
-                                  50 for each further stage].
+                                  [default: the model's own plan (the manifest's
+                                  "sampling", from cascade.json), else 100,50 for
+                                  two stages, 100 for one; 50 per further stage].
   --cfg TEXT                      CFG scale per stage (Eq. 7; 1 = off), e.g.
-                                  1.4,1.0 [default: 1.4 then 1.0; 1.5 for a DiT].
+                                  1.4,1.0 [default: the model's own, else 1.4
+                                  then 1.0; 1.5 for a DiT].
   --solver [euler|heun]           ODE solver.  [default: euler]
   --shift FLOAT                   Timestep shift (> 1 spends more steps near
                                   the noise end; 1 = uniform grid).  [default: 1.0]

@@ -235,7 +235,9 @@ int run(int argc, char** argv) {
   manifest.check_torch(MSF_TORCH_VERSION);
   const std::vector<StageConfig> cfgs = manifest.configs();
   check_cascade(cfgs);
-  const Plan plan = make_plan(cfgs, o.steps, o.cfg, o.solver, o.shift);
+  // Flags first, then the model's own plan (the manifest's "sampling"), then the paper's: msf-run's order.
+  const Plan plan = make_plan(cfgs, o.steps ? o.steps : manifest.plan_steps(), o.cfg ? o.cfg : manifest.plan_cfg(),
+                              o.solver, o.shift);
   check_classes(cfgs, o.classes);
   std::vector<long> y;  // class-major: one grid row per class
   std::vector<uint64_t> seeds;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -25,6 +26,44 @@ namespace {
 constexpr int kFormat = 1;
 const std::vector<std::string> kEngines = {"onnx", "trt", "aoti"};
 const std::string kForce = "re-export with msf-export --force";
+
+// The optional "sampling" entry (msf_train.schema.sampling, same messages): one value per stage.
+void read_sampling(const json& j, size_t n, const fs::path& path, std::optional<std::vector<long>>& steps,
+                   std::optional<std::vector<double>>& cfg) {
+  const std::string where = path.string() + ": field 'sampling.";
+  if (!j.is_object())
+    throw MsfError(path.string() + ": 'sampling' must be a JSON object; " + kForce);
+  auto count = [&](const std::string& key, size_t got) {
+    if (got != n)
+      throw MsfError(where + key + "' has " + std::to_string(got) + " value(s) but there are " + std::to_string(n) +
+                     " stage(s); " + kForce);
+  };
+  if (j.contains("steps")) {
+    const json& s = j["steps"];
+    if (!s.is_array()) throw MsfError(where + "steps' must be a list; " + kForce);
+    if (s.empty()) throw MsfError(where + "steps' is empty; " + kForce);
+    std::vector<long> v;
+    for (const auto& x : s) {
+      if (!x.is_number_integer() || x.get<long>() < 1)
+        throw MsfError(where + "steps' must hold whole numbers >= 1, found " + x.dump() + "; " + kForce);
+      v.push_back(x.get<long>());
+    }
+    count("steps", v.size());
+    steps = v;
+  }
+  if (j.contains("cfg")) {
+    const json& c = j["cfg"];
+    if (!c.is_array()) throw MsfError(where + "cfg' must be a list; " + kForce);
+    std::vector<double> v;
+    for (const auto& x : c) {
+      if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < 0)
+        throw MsfError(where + "cfg' must hold finite numbers >= 0 (1 = no guidance), found " + x.dump() + "; " + kForce);
+      v.push_back(x.get<double>());
+    }
+    count("cfg", v.size());
+    cfg = v;
+  }
+}
 
 // What Python's repr() prints for a JSON value (None for null or absent).
 std::string value_repr(const json* v) {
@@ -204,6 +243,7 @@ Manifest Manifest::open(const fs::path& folder_in, const std::string& engine) {
     for (size_t i = 0; i < stages.size(); ++i)
       m.stages_.push_back(read_entry(stages[i], path, "stages[" + std::to_string(i) + "].", m.batch_));
     m.decoder_ = read_entry(j["decoder"], path, "decoder.", m.batch_);
+    if (j.contains("sampling")) read_sampling(j["sampling"], m.stages_.size(), path, m.plan_steps_, m.plan_cfg_);
   } catch (const json::exception& e) {
     throw MsfError(path.string() + " is damaged (" + json_reason(e) + "): " + kForce);
   }

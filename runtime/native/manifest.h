@@ -67,6 +67,10 @@ class Manifest {
   const std::vector<Entry>& stages() const { return stages_; }
   const Entry& decoder() const { return decoder_; }
   std::vector<StageConfig> configs() const;
+  // The cascade's own sampling plan (the manifest's optional "sampling", msf_train.schema.sampling):
+  // what make_plan falls back to before the paper's; empty when the model has none.
+  const std::optional<std::vector<long>>& plan_steps() const { return plan_steps_; }
+  const std::optional<std::vector<double>>& plan_cfg() const { return plan_cfg_; }
 
  private:
   void verify_files() const;
@@ -75,6 +79,8 @@ class Manifest {
   BatchRange batch_;
   std::vector<Entry> stages_;
   Entry decoder_;
+  std::optional<std::vector<long>> plan_steps_;
+  std::optional<std::vector<double>> plan_cfg_;
 };
 
 // Stages must agree on classes, channels and the scale ladder, and come in scale order.
