@@ -7,7 +7,7 @@ The samples are msf-run's: image j of a model's row block uses seed j, in the or
 command's grid with a reference column and captions added.
 
     python scripts/demo_grid.py --model MSF=runtime/weights/demo-msf --model DiT=runtime/weights/demo-dit \
-        --cfg MSF=1.4,1.0 --cfg DiT=1.5 --per-class 2 --out docs/results/demo-grid.png
+        --per-class 2 --out docs/results/demo-grid.png   # each folder's own plan (cascade.json "sampling")
 """
 import argparse
 import time
