@@ -109,7 +109,8 @@ def describe_sources(model_dir) -> dict:
 
     vae = {"folder": str(vae_dir.resolve()), "class": vae_class_name(vae_dir),
            "sha256": mf.fingerprint(vae_files), "files": vae_files}
-    return {"stages": stages, "vae": vae, "sampling": cascade_sampling(model_dir)}  # the plan travels with the model
+    plan = cascade_sampling(model_dir)  # the plan travels with the model; absent, the manifest stays as before
+    return {"stages": stages, "vae": vae, "plan": {"sampling": plan} if plan else {}}
 
 
 def artifact_name(folder_name: str, index: int) -> str:
@@ -225,8 +226,7 @@ def export_cascade(model_dir, out, opts: ExportOptions, *, force: bool = False, 
         target = target_info() if opts.engine == "trt" else {"gpu": torch.cuda.get_device_name()}
     fp = mf.fingerprint({"format": mf.FORMAT, "options": opts.describe(), "tools": tools, "target": target,
                          "stages": [{k: s[k] for k in ("name", "config", "sha256")} for s in sources["stages"]],
-                         "vae": sources["vae"]["sha256"],
-                         **({"sampling": sources["sampling"]} if sources["sampling"] else {})})
+                         "vae": sources["vae"]["sha256"], **sources["plan"]})
     old, up_to_date = check_out_dir(out, sources, fp, force)
     if up_to_date:
         return ExportResult("up-to-date", out, old, time.perf_counter() - start)
@@ -299,7 +299,7 @@ def _export_locked(model_dir, out: Path, opts: ExportOptions, sources, tools, ta
             "external_data": opts.external_data, "fingerprint": fp,
             "stages": entries[:-1], "decoder": entries[-1], "tools": tools, "target": target,
             "command": command or [], "created": mf.now_iso(),
-            **({"sampling": sources["sampling"]} if sources["sampling"] else {}),
+            **sources["plan"],
         }
         _install(staging, out, old, manifest)
     finally:

@@ -70,10 +70,8 @@ def make_plan(cfgs: Sequence[ModelConfig], steps: Sequence[int] | None = None, c
     paper's (above). Steps and CFG default one by one: --steps alone keeps the folder's guidance."""
     n = len(cfgs)
     defaults = defaults or {}
-    fallback_steps = list(defaults.get("steps") or default_steps(n))
-    fallback_cfg = list(defaults.get("cfg") or default_cfg(n))
-    steps = list(fallback_steps if steps is None else steps)
-    cfg = list(fallback_cfg if cfg is None else cfg)
+    steps = list(steps if steps is not None else defaults.get("steps") or default_steps(n))
+    cfg = list(cfg if cfg is not None else defaults.get("cfg") or default_cfg(n))
     names = ", ".join(c.name for c in cfgs)
     if len(steps) != n:
         raise MsfError(f"--steps has {len(steps)} value(s) but the cascade has {n} stage(s) ({names}): give one per stage, e.g. --steps {','.join(map(str, default_steps(n)))}")
